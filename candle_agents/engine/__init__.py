@@ -1,0 +1,16 @@
+"""The paged-attention inference engine."""
+
+from candle_agents.engine.config import EngineConfig
+from candle_agents.engine.engine import Engine
+from candle_agents.engine.outputs import GenerationResult, StreamDelta, TokenLogprob, Usage
+from candle_agents.engine.params import GenerationParams
+
+__all__ = [
+    "Engine",
+    "EngineConfig",
+    "GenerationParams",
+    "GenerationResult",
+    "StreamDelta",
+    "TokenLogprob",
+    "Usage",
+]

@@ -1,0 +1,76 @@
+"""The attention backend interface and the per-step metadata it reads.
+
+The model runner flattens a step's batch into one token axis: decode tokens
+first (one per sequence), then the prefill chunks. Every layer first stores
+its new K/V into the paged cache through ``slot_mapping``, then attends over
+the cache. A backend only has to implement those two operations.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Where each sequence's queries and keys live for one step.
+
+    ``seq_lens`` counts the tokens a sequence can attend to after this step's
+    tokens are stored; ``query_lens`` how many of them are new this step.
+    ``block_tables[i, j]`` is the cache block holding tokens
+    ``[j * block_size, (j + 1) * block_size)`` of sequence ``i`` (padded with 0).
+    """
+
+    num_decodes: int
+    num_decode_tokens: int
+    slot_mapping: torch.Tensor  # [num_tokens] int64
+    seq_lens: torch.Tensor  # [num_seqs] int64 (on the device)
+    block_tables: torch.Tensor  # [num_seqs, max_blocks] int64
+    # Host-side copies, so that backends never synchronise to read shapes.
+    seq_lens_cpu: list[int]
+    query_lens_cpu: list[int]
+    query_start_cpu: list[int]
+    max_decode_seq_len: int
+    block_size: int
+
+    @property
+    def num_prefills(self) -> int:
+        return len(self.seq_lens_cpu) - self.num_decodes
+
+
+class AttentionBackend(ABC):
+    """Stores K/V into the paged cache and attends over it."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def store_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+    ) -> None:
+        """Write ``key``/``value`` ([tokens, kv_heads, head_dim]) to their slots."""
+
+    @abstractmethod
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Causal attention for every query token; returns [tokens, heads, head_dim].
+
+        ``key``/``value`` are this step's new tokens, already stored in the
+        cache; a backend may use them directly where a sequence has no history.
+        Caches are shaped [num_blocks, block_size, kv_heads, head_dim].
+        """

@@ -1,0 +1,98 @@
+"""Engine configuration, validated when it is built."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from candle_agents.errors import ConfigError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an engine loads its model and schedules requests.
+
+    ``kv_cache_memory`` is a byte count (int >= 1) or a fraction of the
+    device's free memory (0 < float <= 1). ``max_num_batched_tokens`` is the
+    per-step token budget shared by prefill chunks and decodes;
+    ``prefill_chunk_size`` caps how much of one prompt a single step takes.
+    """
+
+    model: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    kv_cache_memory: float | int = 0.25
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    prefill_chunk_size: int = 512
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
+            raise ConfigError(
+                f"device={self.device!r} is not supported: use one of {', '.join(DEVICES)}",
+                field="device",
+            )
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"dtype={self.dtype!r} is not supported: use one of {', '.join(DTYPES)}",
+                field="dtype",
+            )
+        for name in ("max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size"):
+            _positive_int(name, getattr(self, name))
+        if self.max_model_len is not None:
+            _positive_int("max_model_len", self.max_model_len)
+        if self.block_size not in (8, 16, 32, 64, 128):
+            raise ConfigError(
+                f"block_size={self.block_size!r} is not supported: use 8, 16, 32, 64 or 128",
+                field="block_size",
+            )
+        mem = self.kv_cache_memory
+        if isinstance(mem, bool) or not isinstance(mem, (int, float)):
+            raise ConfigError(
+                "kv_cache_memory must be a byte count or a fraction of free memory",
+                field="kv_cache_memory",
+            )
+        if isinstance(mem, float) and not 0.0 < mem <= 1.0:
+            raise ConfigError(
+                f"kv_cache_memory={mem} is a fraction, so it must be in (0, 1]; "
+                "pass an int for a byte count",
+                field="kv_cache_memory",
+            )
+        if isinstance(mem, int) and mem < 1:
+            raise ConfigError(
+                f"kv_cache_memory={mem} must be a positive byte count", field="kv_cache_memory"
+            )
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        ):
+            raise ConfigError(f"seed={self.seed!r} must be an int", field="seed")
+
+    @classmethod
+    def from_kwargs(cls, **kwargs: Any) -> EngineConfig:
+        """Build a config, naming any unknown field instead of a bare TypeError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown EngineConfig field(s): {', '.join(unknown)}; "
+                f"known fields are {', '.join(sorted(known))}",
+                field=unknown[0],
+            )
+        return cls(**kwargs)
+
+    def key(self) -> tuple:
+        """A hashable identity, used to share one engine per (model, config)."""
+        return tuple(sorted(asdict(self).items()))
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name}={value!r} must be a positive integer", field=name)

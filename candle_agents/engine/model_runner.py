@@ -1,0 +1,208 @@
+"""Owns the model and the KV cache; turns a scheduled batch into one forward pass."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import torch
+
+from candle_agents.engine.attention import AttentionMetadata, get_backend
+from candle_agents.engine.config import EngineConfig
+from candle_agents.engine.layers.decoder import ForwardContext
+from candle_agents.engine.loader import Checkpoint
+from candle_agents.engine.models import model_class
+from candle_agents.engine.scheduler import ScheduledBatch
+from candle_agents.errors import DeviceError, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(
+            f"device={name!r} was asked for but CUDA is not available in this torch build "
+            f"({torch.__version__}); use device='cpu' or install a CUDA build of torch"
+        )
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise DeviceError("device='mps' was asked for but MPS is not available; use 'cpu'")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    # float32 on CPU: exact against references, and the fastest where the CPU lacks bf16 units.
+    return torch.float32
+
+
+def available_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
+
+
+class ModelRunner:
+    def __init__(self, checkpoint: Checkpoint, config: EngineConfig) -> None:
+        self.config = config
+        self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model_config = checkpoint.config
+        self.model = self._load(checkpoint)
+        self.block_size = config.block_size
+        self.backend = get_backend("torch")
+        self.max_model_len = self._max_model_len()
+        self.num_blocks, self.kv_caches = self._allocate_kv_cache()
+        # Any single sequence must fit in the cache alone, or it could never finish.
+        self.max_model_len = min(self.max_model_len, self.num_blocks * self.block_size)
+        self.model.init_rotary(self.max_model_len + 1, self.device)
+
+    # -- setup ---------------------------------------------------------------------
+
+    def _load(self, ckpt: Checkpoint) -> torch.nn.Module:
+        cls = model_class(ckpt.config)
+        try:
+            with torch.device("meta"):
+                model = cls(ckpt.config)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelLoadError(
+                f"{ckpt.path}: config.json is missing or has bad fields: {exc}"
+            ) from exc
+        model = model.to_empty(device=self.device).to(self.dtype)
+        model.requires_grad_(False)
+        weights = ckpt.weights()
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            weights = tqdm(weights, total=ckpt.num_weights, desc=f"loading {ckpt.name}")
+        with torch.no_grad():
+            model.load_weights(weights)
+        return model.eval()
+
+    def _max_model_len(self) -> int:
+        c = self.model_config
+        limit = int(c.get("max_position_embeddings") or 2048)
+        window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
+        if window:
+            # Without sliding-window attention, stay inside the window so results are exact.
+            limit = min(limit, int(window))
+        if self.config.max_model_len is not None:
+            limit = min(limit, self.config.max_model_len) if window else self.config.max_model_len
+        return limit
+
+    def _allocate_kv_cache(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+        spec = self.model.spec
+        layers = self.model.num_layers
+        per_block = (
+            2 * layers * self.block_size * spec.num_kv_heads * spec.head_dim * self.dtype.itemsize
+        )
+        mem = self.config.kv_cache_memory
+        budget = int(mem * available_memory(self.device)) if isinstance(mem, float) else int(mem)
+        # More than every sequence at full length could use is wasted memory.
+        cap = -(-self.max_model_len // self.block_size) * self.config.max_num_seqs * 2
+        num_blocks = min(budget // per_block, cap)
+        if num_blocks < 2:
+            raise ModelLoadError(
+                f"kv_cache_memory={mem!r} leaves room for {num_blocks} KV block(s) of "
+                f"{per_block} bytes; give it at least {2 * per_block} bytes"
+            )
+        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        caches = [
+            (
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+                torch.zeros(shape, dtype=self.dtype, device=self.device),
+            )
+            for _ in range(layers)
+        ]
+        logger.info(
+            "KV cache: %d blocks of %d tokens (%.1f MiB)",
+            num_blocks,
+            self.block_size,
+            num_blocks * per_block / 2**20,
+        )
+        return num_blocks, caches
+
+    # -- one step ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
+        """Run the batch; return logits for the sequences that sample, and their indices."""
+        bs = self.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        seq_idx: list[int] = []
+        query_start = [0]
+        seq_lens: list[int] = []
+        logits_rows: list[int] = []
+        sampling: list[int] = []
+        for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
+            start = seq.num_computed_tokens
+            end = start + n
+            tokens = seq.prompt_token_ids
+            np_ = len(tokens)
+            if end <= np_:
+                input_ids.extend(tokens[start:end])
+            else:
+                input_ids.extend((tokens + seq.output_token_ids)[start:end])
+            positions.extend(range(start, end))
+            seq_idx.extend([i] * n)
+            query_start.append(query_start[-1] + n)
+            seq_lens.append(end)
+            if end == seq.num_tokens:
+                logits_rows.append(query_start[-1] - 1)
+                sampling.append(i)
+        width = max(len(s.block_table) for s in batch.seqs)
+        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
+
+        dev = self.device
+        ids_t = torch.tensor(input_ids, dtype=torch.long)
+        pos_t = torch.tensor(positions, dtype=torch.long)
+        tables_t = torch.tensor(tables, dtype=torch.long)
+        seq_idx_t = torch.tensor(seq_idx, dtype=torch.long)
+        slots = tables_t[seq_idx_t, pos_t // bs] * bs + pos_t % bs
+        seq_lens_t = torch.tensor(seq_lens, dtype=torch.long)
+        rows_t = torch.tensor(logits_rows, dtype=torch.long)
+        if dev.type != "cpu":
+            ids_t, pos_t, tables_t, slots, seq_lens_t, rows_t = (
+                t.to(dev, non_blocking=True)
+                for t in (ids_t, pos_t, tables_t, slots, seq_lens_t, rows_t)
+            )
+        nd = batch.num_decodes
+        meta = AttentionMetadata(
+            num_decodes=nd,
+            num_decode_tokens=nd,
+            slot_mapping=slots,
+            seq_lens=seq_lens_t,
+            block_tables=tables_t,
+            seq_lens_cpu=seq_lens,
+            query_lens_cpu=batch.num_new_tokens,
+            query_start_cpu=query_start,
+            max_decode_seq_len=max(seq_lens[:nd], default=0),
+            block_size=bs,
+        )
+        ctx = ForwardContext(meta, self.backend, self.kv_caches, pos_t, self.model.rotary)
+        logits = self.model(ids_t, ctx, rows_t)
+        return logits, sampling

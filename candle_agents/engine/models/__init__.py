@@ -1,0 +1,36 @@
+"""Model registry: HF ``architectures`` / GGUF ``general.architecture`` -> class."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from candle_agents.engine.models.llama import LlamaForCausalLM
+from candle_agents.engine.models.mistral import MistralForCausalLM
+from candle_agents.engine.models.qwen2 import Qwen2ForCausalLM
+from candle_agents.engine.models.qwen3 import Qwen3ForCausalLM
+from candle_agents.errors import ModelLoadError
+
+MODEL_REGISTRY: dict[str, type[nn.Module]] = {
+    "LlamaForCausalLM": LlamaForCausalLM,
+    "MistralForCausalLM": MistralForCausalLM,
+    "Qwen2ForCausalLM": Qwen2ForCausalLM,
+    "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    # GGUF general.architecture names
+    "llama": LlamaForCausalLM,
+    "mistral": MistralForCausalLM,
+    "qwen2": Qwen2ForCausalLM,
+    "qwen3": Qwen3ForCausalLM,
+}
+
+
+def model_class(config: dict[str, Any]) -> type[nn.Module]:
+    names = [*list(config.get("architectures") or []), config.get("model_type", "")]
+    for name in names:
+        if name in MODEL_REGISTRY:
+            return MODEL_REGISTRY[name]
+    raise ModelLoadError(
+        f"architecture {names[0] if names else '?'!r} is not supported; supported: "
+        + ", ".join(k for k in MODEL_REGISTRY if k[0].isupper())
+    )

@@ -1,0 +1,143 @@
+"""Llama-family causal LM (SmolLM, TinyLlama, Llama 2/3); the base of the other families."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from candle_agents.engine.layers.decoder import DecoderLayer, DecoderSpec, ForwardContext
+from candle_agents.engine.layers.norm import RMSNorm
+from candle_agents.engine.layers.rotary import RotaryEmbedding
+from candle_agents.errors import ModelLoadError
+
+# HF checkpoint name suffix -> (our fused parameter, which slice of it)
+_FUSED = {
+    "self_attn.q_proj": ("self_attn.qkv_proj", 0),
+    "self_attn.k_proj": ("self_attn.qkv_proj", 1),
+    "self_attn.v_proj": ("self_attn.qkv_proj", 2),
+    "mlp.gate_proj": ("mlp.gate_up_proj", 0),
+    "mlp.up_proj": ("mlp.gate_up_proj", 1),
+}
+
+
+class LlamaForCausalLM(nn.Module):
+    """A decoder-only transformer over a flattened batch of tokens.
+
+    Subclasses only change ``spec_from_config`` (biases, QK-norm, head_dim).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.config = config
+        self.spec = self.spec_from_config(config)
+        self.num_layers = int(config["num_hidden_layers"])
+        self.vocab_size = int(config["vocab_size"])
+        self.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
+        self.embed_tokens = nn.Embedding(self.vocab_size, self.spec.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(self.spec, i) for i in range(self.num_layers))
+        self.norm = RMSNorm(self.spec.hidden_size, self.spec.rms_norm_eps)
+        if not self.tie_word_embeddings:
+            self.lm_head = nn.Linear(self.spec.hidden_size, self.vocab_size, bias=False)
+        self.rotary: RotaryEmbedding | None = None
+
+    @classmethod
+    def spec_from_config(cls, c: dict[str, Any]) -> DecoderSpec:
+        heads = int(c["num_attention_heads"])
+        return DecoderSpec(
+            hidden_size=int(c["hidden_size"]),
+            intermediate_size=int(c["intermediate_size"]),
+            num_heads=heads,
+            num_kv_heads=int(c.get("num_key_value_heads") or heads),
+            head_dim=int(c.get("head_dim") or c["hidden_size"] // heads),
+            rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
+            attention_bias=bool(c.get("attention_bias", False)),
+        )
+
+    def init_rotary(self, max_positions: int, device: torch.device) -> None:
+        """Build the cos/sin table (outside any meta-device context)."""
+        c = self.config
+        params = c.get("rope_parameters") or {}
+        theta = float(c.get("rope_theta") or params.get("rope_theta") or 10000.0)
+        scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
+        if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+            scaling = None
+        self.rotary = RotaryEmbedding(self.spec.head_dim, max_positions, theta, scaling).to(device)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        ctx: ForwardContext,
+        logits_indices: torch.Tensor,
+    ) -> torch.Tensor:
+        """Run the flattened batch; return float32 logits for ``logits_indices`` rows only."""
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, ctx)
+        x = self.norm(x[logits_indices])
+        return torch.nn.functional.linear(x, self.output_weight).float()
+
+    # -- weights ------------------------------------------------------------------
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named tensors into our (partly fused) parameters; check none is missing."""
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        for hf_name, tensor in weights:
+            name = hf_name.removeprefix("model.")
+            if name.startswith("rotary_emb") or name.endswith("rotary_emb.inv_freq"):
+                continue
+            if name == "lm_head.weight" and self.tie_word_embeddings:
+                continue
+            target, part = self._map_name(name)
+            if target not in params:
+                raise ModelLoadError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            param = params[target]
+            dest = param.data if part is None else self._slice(target, param.data, part)
+            if tuple(dest.shape) != tuple(tensor.shape):
+                raise ModelLoadError(
+                    f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
+                    f"the model expects {tuple(dest.shape)}"
+                )
+            dest.copy_(tensor)
+            loaded.add(target if part is None else f"{target}#{part}")
+        expected = set()
+        for name in params:
+            parts = self._num_parts(name)
+            expected.update([name] if parts == 0 else (f"{name}#{i}" for i in range(parts)))
+        missing = sorted(expected - loaded)
+        if missing:
+            raise ModelLoadError(
+                f"the checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:3]}: "
+                "is it complete and of the right architecture?"
+            )
+
+    @staticmethod
+    def _map_name(name: str) -> tuple[str, int | None]:
+        for hf, (ours, part) in _FUSED.items():
+            if f".{hf}." in f".{name}":
+                return name.replace(hf, ours), part
+        return name, None
+
+    def _num_parts(self, name: str) -> int:
+        if "qkv_proj" in name:
+            return 3
+        if "gate_up_proj" in name:
+            return 2
+        return 0
+
+    def _slice(self, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
+        s = self.spec
+        if "qkv_proj" in target:
+            q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+            bounds = [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][part]
+        else:
+            i = s.intermediate_size
+            bounds = [(0, i), (i, 2 * i)][part]
+        return data[bounds[0] : bounds[1]]

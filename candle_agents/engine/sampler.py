@@ -1,0 +1,161 @@
+"""Batched sampling: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
+
+Rows are processed together wherever their parameters allow; work that only
+some rows need (penalties, seeded noise, logprobs) touches only those rows.
+A seeded request draws its noise from its own generator, one full-vocabulary
+draw per token, so its text does not depend on what else shares the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from candle_agents.engine.sequence import Sequence
+
+
+@dataclass
+class SampleOutput:
+    token_ids: list[int]
+    # Per row: (chosen logprob, [(token_id, logprob), ...]) or None when not asked for.
+    logprobs: list[tuple[float, list[tuple[int, float]]] | None]
+
+
+class Sampler:
+    def __init__(self, device: torch.device, seed: int | None = None) -> None:
+        self.device = device
+        self.generator = torch.Generator(device=device)
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        else:
+            self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
+        """``logits``: float32 [len(seqs), vocab]."""
+        n = len(seqs)
+        want_lp = [i for i, s in enumerate(seqs) if s.params.needs_logprobs]
+        raw_logprobs = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
+
+        logits = self._apply_penalties(logits, seqs)
+        logits = self._block_early_stop(logits, seqs)
+
+        temps = [s.params.temperature for s in seqs]
+        greedy_rows = [i for i, t in enumerate(temps) if t == 0.0]
+        sampled_rows = [i for i, t in enumerate(temps) if t > 0.0]
+        tokens = torch.empty(n, dtype=torch.long, device=logits.device)
+        if greedy_rows:
+            if len(greedy_rows) == n:
+                tokens = logits.argmax(dim=-1)
+            else:
+                tokens[greedy_rows] = logits[greedy_rows].argmax(dim=-1)
+        if sampled_rows:
+            sub = [seqs[i] for i in sampled_rows]
+            tokens[sampled_rows] = self._sample(logits[sampled_rows], sub)
+
+        token_list = tokens.tolist()
+        lp_out: list[tuple[float, list[tuple[int, float]]] | None] = [None] * n
+        if raw_logprobs is not None:
+            chosen = raw_logprobs.gather(1, tokens[want_lp, None]).squeeze(1).tolist()
+            k = max(seqs[i].params.top_logprobs for i in want_lp)
+            top_v, top_i = (
+                raw_logprobs.topk(k, dim=-1) if k else (raw_logprobs[:, :0], raw_logprobs[:, :0])
+            )
+            top_v, top_i = top_v.tolist(), top_i.tolist()
+            for row, i in enumerate(want_lp):
+                kk = seqs[i].params.top_logprobs
+                alts = list(zip(top_i[row][:kk], top_v[row][:kk]))
+                lp_out[i] = (chosen[row], alts)
+        return SampleOutput(token_list, lp_out)
+
+    # -- logits processors ------------------------------------------------------------
+
+    def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        rows = [i for i, s in enumerate(seqs) if s.params.needs_penalties]
+        if not rows:
+            return logits
+        logits = logits.clone()
+        vocab = logits.shape[1]
+        for i in rows:
+            p = seqs[i].params
+            row = logits[i]
+            out_ids = torch.tensor(seqs[i].output_token_ids, dtype=torch.long, device=row.device)
+            out_ids = out_ids[out_ids < vocab]
+            if p.repetition_penalty != 1.0:
+                seen = torch.tensor(seqs[i].token_ids(), dtype=torch.long, device=row.device)
+                seen = seen[seen < vocab].unique()
+                vals = row[seen]
+                row[seen] = torch.where(
+                    vals > 0, vals / p.repetition_penalty, vals * p.repetition_penalty
+                )
+            if out_ids.numel() and (p.frequency_penalty or p.presence_penalty):
+                counts = torch.zeros(vocab, dtype=row.dtype, device=row.device)
+                counts.scatter_add_(0, out_ids, torch.ones_like(out_ids, dtype=row.dtype))
+                row -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0).to(
+                    row.dtype
+                )
+        return logits
+
+    def _block_early_stop(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """Forbid end-of-sequence tokens until ``min_tokens`` (or always, with ignore_eos)."""
+        rows: list[int] = []
+        cols: list[int] = []
+        vocab = logits.shape[1]
+        for i, s in enumerate(seqs):
+            p = s.params
+            banned: set[int] = set()
+            if p.ignore_eos or len(s.output_token_ids) < p.min_tokens:
+                banned |= s.eos_token_ids
+            if len(s.output_token_ids) < p.min_tokens:
+                banned |= set(p.stop_token_ids)
+            for t in banned:
+                if t < vocab:
+                    rows.append(i)
+                    cols.append(t)
+        if not rows:
+            return logits
+        logits = logits.clone()
+        logits[rows, cols] = float("-inf")
+        return logits
+
+    def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        temps = torch.tensor(
+            [s.params.temperature for s in seqs], dtype=logits.dtype, device=logits.device
+        )
+        logits = logits / temps[:, None]
+        top_ks = [s.params.top_k for s in seqs]
+        top_ps = [s.params.top_p for s in seqs]
+        if any(k > 0 for k in top_ks) or any(p < 1.0 for p in top_ps):
+            logits = _top_k_top_p(logits, top_ks, top_ps)
+        probs = torch.softmax(logits, dim=-1)
+        min_ps = [s.params.min_p for s in seqs]
+        if any(m > 0 for m in min_ps):
+            m = torch.tensor(min_ps, dtype=probs.dtype, device=probs.device)
+            floor = probs.max(dim=-1, keepdim=True).values * m[:, None]
+            probs = probs.masked_fill(probs < floor, 0.0)
+        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
+        noise = torch.empty_like(probs)
+        unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
+        if unseeded:
+            noise[unseeded] = torch.empty(
+                len(unseeded), probs.shape[1], dtype=probs.dtype, device=probs.device
+            ).exponential_(generator=self.generator)
+        for i, s in enumerate(seqs):
+            if s.generator is not None:
+                noise[i].exponential_(generator=s.generator)
+        return (probs / noise).argmax(dim=-1)
+
+
+def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:
+    vocab = logits.shape[1]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    k = torch.tensor([k if 0 < k < vocab else vocab for k in top_ks], device=logits.device)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    drop = ranks >= k[:, None]
+    p = torch.tensor(top_ps, dtype=logits.dtype, device=logits.device)
+    probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
+    # Keep the smallest set whose mass reaches p: a token goes if the mass before it does.
+    before = probs.cumsum(dim=-1) - probs
+    drop |= before >= p[:, None]
+    sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)

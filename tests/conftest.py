@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import ARCHS, build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A function arch -> folder of a saved tiny random model (built once per session)."""
+    root = tmp_path_factory.mktemp("tiny_models")
+    built: dict[str, Path] = {}
+
+    def get(arch: str) -> Path:
+        if arch not in built:
+            built[arch] = build_tiny_model(arch, root)
+        return built[arch]
+
+    return get
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request):
+    return request.param
+
+
+def assert_all_blocks_free(engine, timeout: float = 10.0) -> None:
+    assert engine.wait_idle(timeout), "engine did not become idle"
+    assert engine.num_free_blocks == engine.num_blocks

@@ -1,0 +1,79 @@
+"""Tiny random-weight models of each supported architecture, saved as HF folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+CORPUS = [
+    "The quick brown fox jumps over the lazy dog. " * 3,
+    "Paged attention stores keys and values in fixed-size blocks.",
+    "def add(a, b):\n    return a + b\n",
+    "Continuous batching lets requests join and leave at every step.",
+    "你好，世界。🙂 Emoji and CJK text must survive byte-level tokenization.",
+    "1234567890 numbers, punctuation!? and    spaces.",
+]
+
+ARCHS = {
+    "llama": ("LlamaConfig", {}),
+    "mistral": ("MistralConfig", {"sliding_window": None}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", {"head_dim": 32}),
+}
+
+
+def build_tokenizer(vocab_size: int = 384):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS * 4, trainer)
+    return tok
+
+
+def build_tiny_model(arch: str, root: Path, seed: int = 0) -> Path:
+    """Save a 2-layer random model of ``arch`` with a trained BPE tokenizer to ``root``."""
+    import json
+
+    import transformers
+
+    tok = build_tokenizer()
+    vocab = tok.get_vocab_size()
+    cls_name, extra = ARCHS[arch]
+    config = getattr(transformers, cls_name)(
+        vocab_size=vocab,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=2,
+        pad_token_id=0,
+        **extra,
+    )
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        # Wide weights make logits far apart, so greedy choices are not near-ties
+        # that float rounding could flip.
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.25)
+    path = root / arch
+    model.save_pretrained(path, safe_serialization=True)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "<|im_end|>", "bos_token": None, "add_bos_token": False})
+    )
+    return path
