@@ -24,13 +24,13 @@ def load_hf_folder(path: str | Path) -> Checkpoint:
     names: dict[str, Path] = {}
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            for key in st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
                 names[key] = f
 
     def weights() -> Iterator[tuple[str, torch.Tensor]]:
         for f in files:
             with safe_open(str(f), framework="pt") as st:
-                for key in st:
+                for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
                     yield key, st.get_tensor(key)
 
     tokenizer, info = _load_tokenizer(root)
