@@ -20,7 +20,7 @@ from candle_agents.engine.block_manager import BlockManager
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.detokenizer import IncrementalDetokenizer
 from candle_agents.engine.loader import open_checkpoint
-from candle_agents.engine.model_runner import ModelRunner
+from candle_agents.engine.model_runner import ModelRunner, resolve_device
 from candle_agents.engine.outputs import GenerationResult, StreamDelta, TokenLogprob, Usage
 from candle_agents.engine.params import GenerationParams
 from candle_agents.engine.requests import AsyncSink, RequestStream, SyncSink, iterate_sync
@@ -55,6 +55,7 @@ class Engine:
 
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        resolve_device(config.device)  # fail on an unavailable device before loading anything
         checkpoint = open_checkpoint(config.model)
         self.model_name = config.model or "smollm2-135m-instruct"
         self.tokenizer = TextTokenizer(checkpoint.tokenizer, checkpoint.tokenizer_info)
