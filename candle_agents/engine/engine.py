@@ -322,7 +322,9 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.empty:
             return
+        t1 = time.perf_counter()
         logits, sampling = self.runner.execute(batch)
+        self.stats.forward_time += time.perf_counter() - t1
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
             self.block_manager.register_computed(seq)
@@ -397,7 +399,8 @@ class EngineStats:
 
     def __init__(self) -> None:
         self.steps = 0
-        self.step_time = 0.0
+        self.step_time = 0.0  # whole steps: scheduling, forward, sampling, detokenizing
+        self.forward_time = 0.0  # the model's forward pass alone
         self.tokens_computed = 0
         self.tokens_generated = 0
         self.requests_finished = 0

@@ -129,7 +129,9 @@ class ModelRunner:
                 f"kv_cache_memory={mem!r} leaves room for {num_blocks} KV block(s) of "
                 f"{per_block} bytes; give it at least {2 * per_block} bytes"
             )
-        shape = (num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim)
+        shape = self.backend.kv_cache_shape(
+            num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim
+        )
         caches = [
             (
                 torch.zeros(shape, dtype=self.dtype, device=self.device),
@@ -203,6 +205,8 @@ class ModelRunner:
             max_decode_seq_len=max(seq_lens[:nd], default=0),
             block_size=bs,
         )
+        spec = self.model.spec
+        self.backend.prepare(meta, spec.num_kv_heads, spec.head_dim)
         ctx = ForwardContext(meta, self.backend, self.kv_caches, pos_t, self.model.rotary)
         logits = self.model(ids_t, ctx, rows_t)
         return logits, sampling

@@ -9,7 +9,8 @@ the cache. A backend only has to implement those two operations.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -35,6 +36,8 @@ class AttentionMetadata:
     query_start_cpu: list[int]
     max_decode_seq_len: int
     block_size: int
+    # Per-step tensors a backend precomputes once for all layers (see ``prepare``).
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_prefills(self) -> int:
@@ -45,6 +48,15 @@ class AttentionBackend(ABC):
     """Stores K/V into the paged cache and attends over it."""
 
     name: str = "base"
+
+    def kv_cache_shape(
+        self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int
+    ) -> tuple[int, ...]:
+        """The shape of one layer's K (and V) cache; each backend picks its layout."""
+        return (num_blocks, block_size, num_kv_heads, head_dim)
+
+    def prepare(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:
+        """Precompute per-step indices into ``meta.extra``, once for every layer."""
 
     @abstractmethod
     def store_kv(
@@ -72,5 +84,5 @@ class AttentionBackend(ABC):
 
         ``key``/``value`` are this step's new tokens, already stored in the
         cache; a backend may use them directly where a sequence has no history.
-        Caches are shaped [num_blocks, block_size, kv_heads, head_dim].
+        Caches are shaped as ``kv_cache_shape`` says.
         """

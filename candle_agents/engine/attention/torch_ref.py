@@ -1,8 +1,11 @@
 """Reference attention in plain torch: runs on any device, handles any batch mix.
 
-Decodes are batched: the sequences' blocks are gathered into one padded tensor
-and queries are grouped by KV head, so GQA costs one batched matmul instead of
-repeating K/V (measured 2-5x faster than SDPA on CPU, see ENGINE_NOTES.md).
+The cache is laid out [num_blocks, kv_heads, block_size, head_dim], so that
+one precomputed row index (shared by all layers of a step) gathers every
+decoding sequence's history straight into [batch, kv_heads, length, head_dim]:
+the score and value matmuls then read it without a transposing copy, and GQA
+groups the query heads of each KV head into one batched matmul instead of
+repeating K/V. On CPU this is 2-5x faster than SDPA (see ENGINE_NOTES.md).
 Prefill chunks go one sequence at a time through SDPA, on the fresh K/V when
 the sequence has no history, else on its gathered blocks.
 """
@@ -18,11 +21,33 @@ from candle_agents.engine.attention.base import AttentionBackend, AttentionMetad
 class TorchAttentionBackend(AttentionBackend):
     name = "torch"
 
+    def kv_cache_shape(self, num_blocks, block_size, num_kv_heads, head_dim):
+        return (num_blocks, num_kv_heads, block_size, head_dim)
+
+    def prepare(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:
+        bs = meta.block_size
+        dev = meta.slot_mapping.device
+        heads = torch.arange(num_kv_heads, device=dev)
+        # Row of (block, head, offset) in the cache viewed as [rows, head_dim].
+        slots = meta.slot_mapping
+        meta.extra["store_rows"] = (
+            ((slots // bs)[:, None] * num_kv_heads + heads[None, :]) * bs + (slots % bs)[:, None]
+        ).reshape(-1)
+        nd = meta.num_decodes
+        if nd:
+            length = -(-meta.max_decode_seq_len // bs) * bs
+            pos = torch.arange(length, device=dev)
+            blocks = meta.block_tables[:nd, pos // bs]  # [nd, L]
+            rows = (blocks[:, None, :] * num_kv_heads + heads[None, :, None]) * bs + (pos % bs)
+            meta.extra["decode_rows"] = rows.reshape(-1)
+            meta.extra["decode_shape"] = (nd, num_kv_heads, length, head_dim)
+            meta.extra["decode_valid"] = (pos[None, :] < meta.seq_lens[:nd, None])[:, None, None]
+
     def store_kv(self, key, value, k_cache, v_cache, meta: AttentionMetadata) -> None:
-        flat_k = k_cache.view(-1, k_cache.shape[-2], k_cache.shape[-1])
-        flat_v = v_cache.view(-1, v_cache.shape[-2], v_cache.shape[-1])
-        flat_k.index_copy_(0, meta.slot_mapping, key.to(k_cache.dtype))
-        flat_v.index_copy_(0, meta.slot_mapping, value.to(v_cache.dtype))
+        rows = meta.extra["store_rows"]
+        d = k_cache.shape[-1]
+        k_cache.view(-1, d).index_copy_(0, rows, key.reshape(-1, d).to(k_cache.dtype))
+        v_cache.view(-1, d).index_copy_(0, rows, value.reshape(-1, d).to(v_cache.dtype))
 
     def attend(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float):
         out = torch.empty_like(query)
@@ -36,6 +61,7 @@ class TorchAttentionBackend(AttentionBackend):
             q = query[start : start + qlen]
             if seq_len == qlen:
                 k, v = key[start : start + qlen], value[start : start + qlen]
+                k, v = k.transpose(0, 1), v.transpose(0, 1)
             else:
                 k, v = _gather_one(k_cache, v_cache, meta.block_tables[i], seq_len)
             out[start : start + qlen] = _prefill(q, k, v, seq_len, scale)
@@ -43,46 +69,45 @@ class TorchAttentionBackend(AttentionBackend):
 
 
 def _gather_one(k_cache, v_cache, block_table, seq_len: int):
-    nblocks = -(-seq_len // k_cache.shape[1])
+    """One sequence's history as [kv_heads, seq_len, head_dim]."""
+    nblocks = -(-seq_len // k_cache.shape[2])
     blocks = block_table[:nblocks]
-    k = k_cache[blocks].flatten(0, 1)[:seq_len]
-    v = v_cache[blocks].flatten(0, 1)[:seq_len]
+    k = k_cache[blocks].transpose(0, 1).flatten(1, 2)[:, :seq_len]
+    v = v_cache[blocks].transpose(0, 1).flatten(1, 2)[:, :seq_len]
     return k, v
 
 
 def _prefill(q, k, v, seq_len: int, scale: float) -> torch.Tensor:
-    """SDPA for one sequence's chunk: queries are its last ``len(q)`` positions."""
+    """SDPA for one sequence's chunk: queries are its last ``len(q)`` positions.
+
+    ``k``/``v`` are [kv_heads, seq_len, head_dim].
+    """
     qlen = q.shape[0]
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    qt, kt, vt = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
-    gqa = qt.shape[0] != kt.shape[0]
+    qt = q.transpose(0, 1)
+    gqa = qt.shape[0] != k.shape[0]
     if seq_len == qlen:
-        o = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=scale, enable_gqa=gqa)
+        o = F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
         # Query i sits at position seq_len - qlen + i and sees keys up to it.
         qpos = torch.arange(seq_len - qlen, seq_len, device=q.device)[:, None]
         mask = torch.arange(seq_len, device=q.device)[None, :] <= qpos
-        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=scale, enable_gqa=gqa)
+        o = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return o.transpose(0, 1)
 
 
 def _paged_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
     """One query per sequence over its paged history: [B, H, D] -> [B, H, D]."""
     b, num_heads, head_dim = q.shape
-    block_size, num_kv = k_cache.shape[1], k_cache.shape[2]
-    group = num_heads // num_kv
-    nblocks = -(-meta.max_decode_seq_len // block_size)
-    tables = meta.block_tables[:b, :nblocks]
-    # [B, nblocks, bs, Hkv, D] -> [B, Hkv, L, D]
-    k = k_cache[tables].flatten(1, 2).transpose(1, 2)
-    v = v_cache[tables].flatten(1, 2).transpose(1, 2)
+    shape = meta.extra["decode_shape"]
+    rows = meta.extra["decode_rows"]
+    k = k_cache.view(-1, head_dim).index_select(0, rows).view(shape)  # [B, Hkv, L, D]
+    v = v_cache.view(-1, head_dim).index_select(0, rows).view(shape)
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
-    qg = q.view(b, num_kv, group, head_dim)
+    qg = q.view(b, shape[1], num_heads // shape[1], head_dim)
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
-    length = k.shape[2]
-    valid = torch.arange(length, device=q.device)[None, :] < meta.seq_lens[:b, None]
-    scores.masked_fill_(~valid[:, None, None, :], float("-inf"))
+    scores.masked_fill_(~meta.extra["decode_valid"], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).reshape(b, num_heads, head_dim)
