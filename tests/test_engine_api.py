@@ -326,3 +326,24 @@ def test_shared_engines_and_shutdown(engine):
         a.generate("hi", GREEDY)
     assert Engine.shared(engine.config.model, kv_cache_memory=2**20) is not a
     Engine.shared(engine.config.model, kv_cache_memory=2**20).shutdown()
+
+
+def test_sharded_safetensors_folder(tmp_path, engine):
+    import shutil
+
+    import transformers
+
+    from candle_agents.engine.loader.hf import load_hf_folder
+
+    src = engine.config.model
+    model = transformers.AutoModelForCausalLM.from_pretrained(src)
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(f"{src}/{name}", tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) > 1
+    assert load_hf_folder(tmp_path).num_weights == len(model.state_dict())
+    with Engine.from_pretrained(str(tmp_path), kv_cache_memory=2**22) as sharded:
+        assert (
+            sharded.generate(prompt_text(), GREEDY).token_ids
+            == engine.generate(prompt_text(), GREEDY).token_ids
+        )
