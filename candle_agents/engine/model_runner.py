@@ -11,6 +11,7 @@ import torch
 from candle_agents.engine.attention import AttentionMetadata, get_backend
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.layers.decoder import ForwardContext
+from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
 from candle_agents.engine.models import model_class
 from candle_agents.engine.scheduler import ScheduledBatch
@@ -92,6 +93,7 @@ class ModelRunner:
                 f"{ckpt.path}: config.json is missing or has bad fields: {exc}"
             ) from exc
         model = model.to_empty(device=self.device).to(self.dtype)
+        model.tie_weights()
         model.requires_grad_(False)
         weights = ckpt.weights()
         if sys.stderr.isatty():
@@ -100,7 +102,14 @@ class ModelRunner:
             weights = tqdm(weights, total=ckpt.num_weights, desc=f"loading {ckpt.name}")
         with torch.no_grad():
             model.load_weights(weights)
+        if self.device.type == "cpu" and self._room_for_packed_copy(model):
+            pack_linears(model)
         return model.eval()
+
+    def _room_for_packed_copy(self, model: torch.nn.Module) -> bool:
+        # Packed weights are a second copy: only worth it while memory is plentiful.
+        size = sum(p.numel() * p.element_size() for p in model.parameters())
+        return size < 0.15 * available_memory(self.device)
 
     def _max_model_len(self) -> int:
         c = self.model_config

@@ -39,9 +39,14 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = nn.Embedding(self.vocab_size, self.spec.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(self.spec, i) for i in range(self.num_layers))
         self.norm = RMSNorm(self.spec.hidden_size, self.spec.rms_norm_eps)
-        if not self.tie_word_embeddings:
-            self.lm_head = nn.Linear(self.spec.hidden_size, self.vocab_size, bias=False)
+        self.lm_head = nn.Linear(self.spec.hidden_size, self.vocab_size, bias=False)
+        self.tie_weights()
         self.rotary: RotaryEmbedding | None = None
+
+    def tie_weights(self) -> None:
+        """Share the embedding with the output head (again after device moves untie it)."""
+        if self.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
 
     @classmethod
     def spec_from_config(cls, c: dict[str, Any]) -> DecoderSpec:
@@ -66,10 +71,6 @@ class LlamaForCausalLM(nn.Module):
             scaling = None
         self.rotary = RotaryEmbedding(self.spec.head_dim, max_positions, theta, scaling).to(device)
 
-    @property
-    def output_weight(self) -> torch.Tensor:
-        return self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -81,7 +82,7 @@ class LlamaForCausalLM(nn.Module):
         for layer in self.layers:
             x = layer(x, ctx)
         x = self.norm(x[logits_indices])
-        return torch.nn.functional.linear(x, self.output_weight).float()
+        return self.lm_head(x).float()
 
     # -- weights ------------------------------------------------------------------
 
