@@ -55,8 +55,11 @@ class AttentionBackend(ABC):
         """The shape of one layer's K (and V) cache; each backend picks its layout."""
         return (num_blocks, block_size, num_kv_heads, head_dim)
 
-    def prepare(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:
-        """Precompute per-step indices into ``meta.extra``, once for every layer."""
+    def prepare(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:  # noqa: B027
+        """Precompute per-step indices into ``meta.extra``, once for every layer.
+
+        The default precomputes nothing.
+        """
 
     @abstractmethod
     def store_kv(
