@@ -152,3 +152,17 @@ def test_outputs_equal_alone_and_batched(arch, tiny_model_dir):
         together = [r.token_ids for r in engine.generate(prompts, GREEDY)]
         assert together == alone
         assert_all_blocks_free(engine)
+
+
+def test_uninitialised_cache_memory_never_leaks_into_outputs(tiny_model_dir):
+    # The cache starts as uninitialised memory; poison every unused block with
+    # NaN and check that blocks are cleaned on first use (padding included).
+    path = tiny_model_dir("llama")
+    reference = _refs.get("llama") or Reference(path)
+    with engine_for(path, block_size=8) as engine:
+        engine.runner.kv_buffer[:, :, 1:] = float("nan")
+        prompts = make_prompts(
+            6, engine.runner.model.vocab_size, seed=8, lengths=[3, 9, 30, 1, 17, 50]
+        )
+        results = engine.generate(prompts, GREEDY)
+        check(engine, reference, prompts, results)

@@ -25,6 +25,10 @@ class BlockManager:
         self.cached: dict[int, int] = {}  # hash -> block id
         # Blocks with ref count 0, least recently freed first; O(1) removal from the middle.
         self.free: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
+        # The cache memory starts uninitialised; a block's first user gets it zeroed
+        # (see take_fresh), so that masked-out slots never hold NaN bit patterns.
+        self._never_used = bytearray([1]) * num_blocks
+        self._fresh: list[int] = []
         self.hits = 0
         self.queries = 0
 
@@ -121,8 +125,16 @@ class BlockManager:
                 self.block_hash[block] = None
                 self.block_tokens[block] = None
             self.ref_counts[block] = 1
+            if self._never_used[block]:
+                self._never_used[block] = 0
+                self._fresh.append(block)
             seq.block_table.append(block)
         return True
+
+    def take_fresh(self) -> list[int]:
+        """Blocks handed out for the first time since the last call: zero them before use."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     def release(self, seq: Sequence) -> None:
         """Drop the sequence's references; its full blocks stay cached for reuse."""

@@ -16,7 +16,9 @@ class EngineConfig:
     """How an engine loads its model and schedules requests.
 
     ``kv_cache_memory`` is a byte count (int >= 1) or a fraction of the
-    device's free memory (0 < float <= 1). ``max_num_batched_tokens`` is the
+    device's free memory (0 < float <= 1); None picks 90% of what is free
+    after the model on a GPU and min(10% of free RAM, 2 GiB) on a CPU, where
+    the cache shares memory with everything else. ``max_num_batched_tokens`` is the
     per-step token budget shared by prefill chunks and decodes;
     ``prefill_chunk_size`` caps how much of one prompt a single step takes.
     """
@@ -27,7 +29,7 @@ class EngineConfig:
     max_model_len: int | None = None
     max_num_seqs: int = 64
     max_num_batched_tokens: int = 2048
-    kv_cache_memory: float | int = 0.25
+    kv_cache_memory: float | int | None = None
     block_size: int = 16
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
@@ -55,18 +57,20 @@ class EngineConfig:
                 field="block_size",
             )
         mem = self.kv_cache_memory
-        if isinstance(mem, bool) or not isinstance(mem, (int, float)):
+        if mem is None:
+            pass
+        elif isinstance(mem, bool) or not isinstance(mem, (int, float)):
             raise ConfigError(
                 "kv_cache_memory must be a byte count or a fraction of free memory",
                 field="kv_cache_memory",
             )
-        if isinstance(mem, float) and not 0.0 < mem <= 1.0:
+        elif isinstance(mem, float) and not 0.0 < mem <= 1.0:
             raise ConfigError(
                 f"kv_cache_memory={mem} is a fraction, so it must be in (0, 1]; "
                 "pass an int for a byte count",
                 field="kv_cache_memory",
             )
-        if isinstance(mem, int) and mem < 1:
+        elif isinstance(mem, int) and mem < 1:
             raise ConfigError(
                 f"kv_cache_memory={mem} must be a positive byte count", field="kv_cache_memory"
             )

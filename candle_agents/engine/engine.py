@@ -322,6 +322,9 @@ class Engine:
         batch = self.scheduler.schedule()
         if batch.empty:
             return
+        fresh = self.block_manager.take_fresh()
+        if fresh:
+            self.runner.zero_blocks(fresh)
         t1 = time.perf_counter()
         logits, sampling = self.runner.execute(batch)
         self.stats.forward_time += time.perf_counter() - t1

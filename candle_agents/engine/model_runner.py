@@ -129,7 +129,13 @@ class ModelRunner:
             2 * layers * self.block_size * spec.num_kv_heads * spec.head_dim * self.dtype.itemsize
         )
         mem = self.config.kv_cache_memory
-        budget = int(mem * available_memory(self.device)) if isinstance(mem, float) else int(mem)
+        free = available_memory(self.device)
+        if mem is None:
+            budget = int(0.9 * free) if self.device.type == "cuda" else min(free // 10, 2 << 30)
+        elif isinstance(mem, float):
+            budget = int(mem * free)
+        else:
+            budget = mem
         # More than every sequence at full length could use is wasted memory.
         cap = -(-self.max_model_len // self.block_size) * self.config.max_num_seqs * 2
         num_blocks = min(budget // per_block, cap)
@@ -141,13 +147,12 @@ class ModelRunner:
         shape = self.backend.kv_cache_shape(
             num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim
         )
-        caches = [
-            (
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-                torch.zeros(shape, dtype=self.dtype, device=self.device),
-            )
-            for _ in range(layers)
-        ]
+        # One uninitialised buffer: touching gigabytes up front costs seconds of
+        # page faults; blocks are zeroed on first use instead (zero_blocks), and
+        # block 0, which pads block tables, now.
+        self.kv_buffer = torch.empty((2, layers, *shape), dtype=self.dtype, device=self.device)
+        self.kv_buffer[:, :, 0].zero_()
+        caches = [(self.kv_buffer[0, i], self.kv_buffer[1, i]) for i in range(layers)]
         logger.info(
             "KV cache: %d blocks of %d tokens (%.1f MiB)",
             num_blocks,
@@ -157,6 +162,10 @@ class ModelRunner:
         return num_blocks, caches
 
     # -- one step ------------------------------------------------------------------
+
+    def zero_blocks(self, blocks: list[int]) -> None:
+        ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+        self.kv_buffer.index_fill_(2, ids, 0)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
