@@ -130,10 +130,14 @@ def main() -> None:
     run_ours(engine, warm)
     run_transformers(reference, warm, 1, pad_id)
 
-    print(f"model {args.model or DEFAULT_MODEL}, {args.dtype}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
-    print(f"{'load':8} {'requests':>8} {'tokens':>7} {'ours tok/s':>11} {'hf tok/s':>9} "
-          f"{'ratio':>6} {'fwd share':>9}")
+    print(
+        f"model {args.model or DEFAULT_MODEL}, {args.dtype}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}"
+    )
+    print(
+        f"{'load':8} {'requests':>8} {'tokens':>7} {'ours tok/s':>11} {'hf tok/s':>9} "
+        f"{'ratio':>6} {'fwd share':>9}"
+    )
     figures = {}
     for name in args.loads.split(","):
         load = loads[name]
@@ -151,8 +155,10 @@ def main() -> None:
             "forward_share_of_wall": round(fwd_s / ours_s, 3),
             "step_share_of_wall": round(steps_s / ours_s, 3),
         }
-        print(f"{name:8} {len(load):>8} {useful:>7} {ours_tps:>11.1f} {hf_tps:>9.1f} "
-              f"{ours_tps / hf_tps:>5.2f}x {fwd_s / ours_s:>8.0%}")
+        print(
+            f"{name:8} {len(load):>8} {useful:>7} {ours_tps:>11.1f} {hf_tps:>9.1f} "
+            f"{ours_tps / hf_tps:>5.2f}x {fwd_s / ours_s:>8.0%}"
+        )
     engine.shutdown()
     if args.json:
         Path(args.json).write_text(json.dumps({"dtype": args.dtype, "loads": figures}, indent=2))

@@ -347,3 +347,11 @@ def test_sharded_safetensors_folder(tmp_path, engine):
             sharded.generate(prompt_text(), GREEDY).token_ids
             == engine.generate(prompt_text(), GREEDY).token_ids
         )
+
+
+def test_agenerate_reports_prompt_ids_and_usage(engine):
+    prompt = engine.tokenize(prompt_text())
+    result = asyncio.run(engine.agenerate(prompt, GREEDY))
+    assert result.prompt_token_ids == prompt
+    assert result.usage.prompt_tokens == len(prompt)
+    assert result.usage.completion_tokens == len(result.token_ids) == GREEDY.max_tokens

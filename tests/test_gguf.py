@@ -250,7 +250,6 @@ def test_tiny_config(tiny) -> None:
     }
     assert ckpt.name == "tiny llama test" and ckpt.path == str(tiny[0])
     assert ckpt.eos_token_ids == [2, 0]  # eos, then eot
-    assert ckpt.source_dtype == torch.float32
 
 
 def test_tiny_weights_match_transformers(tiny, tiny_reference) -> None:

@@ -155,7 +155,7 @@ class Engine:
         deltas: list[StreamDelta] = []
         async for delta in stream:
             deltas.append(delta)
-        return _assemble(stream.request_id, deltas, self._prompt_of(stream.request_id))
+        return _assemble(stream.request_id, deltas, stream.prompt_token_ids)
 
     def stream(
         self, prompt: Prompt, params: GenerationParams | None = None, request_id: str | None = None
@@ -163,7 +163,7 @@ class Engine:
         """Async iterator of deltas; leaving it early aborts the request."""
         sink = AsyncSink(asyncio.get_running_loop())
         seq = self._submit(prompt, params, sink, request_id)
-        return RequestStream(seq.request_id, sink, self.abort)
+        return RequestStream(seq.request_id, seq.prompt_token_ids, sink, self.abort)
 
     def stream_sync(
         self, prompt: Prompt, params: GenerationParams | None = None, request_id: str | None = None
@@ -217,10 +217,6 @@ class Engine:
     def _collect_sync(self, seq: Sequence, sink: SyncSink) -> GenerationResult:
         deltas = list(iterate_sync(seq.request_id, sink, self.abort))
         return _assemble(seq.request_id, deltas, seq.prompt_token_ids)
-
-    def _prompt_of(self, request_id: str) -> list[int]:
-        entry = self._requests.get(request_id)
-        return entry[0].prompt_token_ids if entry else []
 
     def _submit(
         self,
@@ -409,6 +405,7 @@ class EngineStats:
         self.requests_finished = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
+        self.time_to_first_token = 0.0  # summed over finished requests
 
     def record_step(self, computed: int, generated: int, seconds: float) -> None:
         self.steps += 1
@@ -418,6 +415,8 @@ class EngineStats:
 
     def record_finish(self, seq: Sequence, usage: Usage) -> None:
         self.requests_finished += 1
+        if seq.first_token_time is not None:
+            self.time_to_first_token += seq.first_token_time - seq.arrival_time
         self.prompt_tokens += usage.prompt_tokens
         self.cached_tokens += usage.cached_tokens
 

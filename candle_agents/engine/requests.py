@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import queue
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from candle_agents.engine.outputs import StreamDelta
@@ -52,8 +52,15 @@ class RequestStream:
     dropping the object) aborts the request, so its KV blocks are freed.
     """
 
-    def __init__(self, request_id: str, sink: AsyncSink, abort: Callable[[str], Any]) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        sink: AsyncSink,
+        abort: Callable[[str], Any],
+    ) -> None:
         self.request_id = request_id
+        self.prompt_token_ids = prompt_token_ids
         self._sink = sink
         self._abort = abort
         self._done = False
@@ -113,7 +120,3 @@ def iterate_sync(
     finally:
         if not done:
             abort(request_id)
-
-
-async def collect_async(stream: AsyncIterator[StreamDelta]) -> list[StreamDelta]:
-    return [d async for d in stream]

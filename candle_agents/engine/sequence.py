@@ -13,7 +13,6 @@ from candle_agents.engine.params import GenerationParams
 
 if TYPE_CHECKING:
     from candle_agents.engine.detokenizer import IncrementalDetokenizer
-    from candle_agents.engine.outputs import TokenLogprob
 
 
 class Status(enum.Enum):
@@ -47,7 +46,6 @@ class Sequence:
     cached_tokens: int | None = None  # prefix-cache hit of the first scheduling
     num_preemptions: int = 0
     generator: torch.Generator | None = None
-    logprobs: list[TokenLogprob] = field(default_factory=list)
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     finish_reason: str | None = None

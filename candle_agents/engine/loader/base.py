@@ -41,4 +41,3 @@ class Checkpoint:
     tokenizer: Tokenizer
     tokenizer_info: TokenizerInfo
     eos_token_ids: list[int] = field(default_factory=list)
-    source_dtype: torch.dtype = torch.float32

@@ -98,7 +98,6 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
         tokenizer=tokenizer,
         tokenizer_info=info,
         eos_token_ids=eos_ids,
-        source_dtype=torch.float32,
     )
 
 

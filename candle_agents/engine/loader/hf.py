@@ -14,8 +14,6 @@ from tokenizers import Tokenizer
 from candle_agents.engine.loader.base import Checkpoint, TokenizerInfo
 from candle_agents.errors import ModelLoadError
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 def load_hf_folder(path: str | Path) -> Checkpoint:
     root = Path(path)
@@ -35,7 +33,6 @@ def load_hf_folder(path: str | Path) -> Checkpoint:
 
     tokenizer, info = _load_tokenizer(root)
     eos = _eos_ids(root, config, tokenizer, info)
-    torch_dtype = config.get("torch_dtype") or config.get("dtype") or "float32"
     return Checkpoint(
         name=root.name,
         path=str(root),
@@ -45,7 +42,6 @@ def load_hf_folder(path: str | Path) -> Checkpoint:
         tokenizer=tokenizer,
         tokenizer_info=info,
         eos_token_ids=eos,
-        source_dtype=_DTYPES.get(str(torch_dtype), torch.float32),
     )
 
 
