@@ -2,7 +2,8 @@
 
 Three loads, EOS ignored, useful tokens only (the tokens each request asked for):
   single  1 request, 128-token prompt, 128 new tokens
-  equal   32 equal requests at once (transformers: one static batch)
+  equal   32 requests at once, distinct 128-token prompts, 128 new tokens
+          (transformers: one static batch, no padding)
   mixed   64 requests, prompts of 32-256 tokens, 16-256 new tokens
           (transformers: static batches of 32, left-padded, each run to its longest member)
 
@@ -46,7 +47,9 @@ def build_loads(engine) -> dict[str, list[tuple[list[int], int]]]:
     tok = engine.tokenizer
     return {
         "single": [(make_prompt(tok, 128, 1), 128)],
-        "equal": [(make_prompt(tok, 128, 2), 128) for _ in range(32)],
+        # Distinct prompts of one length: identical ones would mostly be served
+        # from our prefix cache, which is a different comparison.
+        "equal": [(make_prompt(tok, 128, 200 + i), 128) for i in range(32)],
         "mixed": [
             (make_prompt(tok, rng.randint(32, 256), 100 + i), rng.randint(16, 256))
             for i in range(64)

@@ -76,8 +76,10 @@ def test_single_request(arch, tiny_model_dir, ref):
         check(engine, ref, prompt, [engine.generate(prompt[0], GREEDY)])
 
 
-def test_sixteen_requests_together(arch, tiny_model_dir, ref):
-    with engine_for(tiny_model_dir(arch)) as engine:
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_sixteen_requests_together(arch, tiny_model_dir, ref, backend):
+    with engine_for(tiny_model_dir(arch), attention_backend=backend) as engine:
+        assert engine.runner.backend.name == backend
         prompts = make_prompts(16, engine.runner.model.vocab_size, seed=1)
         results = engine.generate(prompts, GREEDY)
         check(engine, ref, prompts, results)
@@ -127,13 +129,16 @@ def test_prefix_cache_hit(arch, tiny_model_dir, ref):
         assert again.usage.cached_tokens == 48 and again.token_ids == first.token_ids
 
 
-def test_forced_preemption(arch, tiny_model_dir, ref):
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_forced_preemption(arch, tiny_model_dir, ref, backend):
     # 24 blocks of 8 tokens cannot hold 12 sequences of up to ~75 tokens at once.
     path = tiny_model_dir(arch)
     probe = engine_for(path, block_size=8)
     per_block = probe.runner.kv_caches[0][0][0].numel() * 4 * 2 * len(probe.runner.kv_caches)
     probe.shutdown()
-    with engine_for(path, block_size=8, kv_cache_memory=24 * per_block) as engine:
+    with engine_for(
+        path, block_size=8, kv_cache_memory=24 * per_block, attention_backend=backend
+    ) as engine:
         assert engine.num_blocks == 24
         prompts = make_prompts(
             12, engine.runner.model.vocab_size, seed=6, lengths=[40, 55, 20, 60] * 3

@@ -9,6 +9,7 @@ from candle_agents.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class EngineConfig:
     the cache shares memory with everything else. ``max_num_batched_tokens`` is the
     per-step token budget shared by prefill chunks and decodes;
     ``prefill_chunk_size`` caps how much of one prompt a single step takes.
+    ``attention_backend`` "auto" takes the C kernels on CPU where they build,
+    else the torch reference ("torch", on any device).
     """
 
     model: str | None = None
@@ -35,6 +38,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     prefill_chunk_size: int = 512
     seed: int | None = None
+    attention_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
@@ -73,6 +77,12 @@ class EngineConfig:
         elif isinstance(mem, int) and mem < 1:
             raise ConfigError(
                 f"kv_cache_memory={mem} must be a positive byte count", field="kv_cache_memory"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ConfigError(
+                f"attention_backend={self.attention_backend!r} is not supported: use one of "
+                f"{', '.join(ATTENTION_BACKENDS)}",
+                field="attention_backend",
             )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)

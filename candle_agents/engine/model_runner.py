@@ -74,7 +74,9 @@ class ModelRunner:
         self.model_config = checkpoint.config
         self.model = self._load(checkpoint)
         self.block_size = config.block_size
-        self.backend = get_backend("torch")
+        self.backend = get_backend(
+            config.attention_backend, self.device, self.dtype, self.model.spec.head_dim
+        )
         self.max_model_len = self._max_model_len()
         self.num_blocks, self.kv_caches = self._allocate_kv_cache()
         # Any single sequence must fit in the cache alone, or it could never finish.

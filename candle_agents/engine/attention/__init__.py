@@ -1,14 +1,45 @@
-"""Attention backends: the torch reference everywhere, triton kernels on CUDA (later)."""
+"""Attention backends: the torch reference everywhere, C kernels on CPU, triton on CUDA (later)."""
+
+from __future__ import annotations
+
+import torch
 
 from candle_agents.engine.attention.base import AttentionBackend, AttentionMetadata
+from candle_agents.engine.attention.cpu import CpuAttentionBackend
 from candle_agents.engine.attention.torch_ref import TorchAttentionBackend
+from candle_agents.errors import ConfigError
 
-__all__ = ["AttentionBackend", "AttentionMetadata", "TorchAttentionBackend", "get_backend"]
+__all__ = [
+    "AttentionBackend",
+    "AttentionMetadata",
+    "CpuAttentionBackend",
+    "TorchAttentionBackend",
+    "get_backend",
+]
+
+BACKENDS = ("auto", "torch", "cpu")
 
 
-def get_backend(name: str = "torch") -> AttentionBackend:
+def get_backend(
+    name: str, device: torch.device, dtype: torch.dtype, head_dim: int
+) -> AttentionBackend:
+    """The backend called ``name``; "auto" picks the fastest one that runs here."""
+    if name == "auto":
+        if CpuAttentionBackend.supports(device, dtype, head_dim):
+            return CpuAttentionBackend()
+        return TorchAttentionBackend()
     if name == "torch":
         return TorchAttentionBackend()
-    from candle_agents.errors import ConfigError
-
-    raise ConfigError(f"unknown attention backend {name!r}; available: torch", field="attention")
+    if name == "cpu":
+        if not CpuAttentionBackend.supports(device, dtype, head_dim):
+            raise ConfigError(
+                f"attention_backend='cpu' needs device cpu, dtype float32 or bfloat16, "
+                f"head_dim <= 256 and a working C compiler (got {device}, {dtype}, "
+                f"head_dim {head_dim}; see the log for the compiler's output)",
+                field="attention_backend",
+            )
+        return CpuAttentionBackend()
+    raise ConfigError(
+        f"attention_backend={name!r} is not supported: use one of {', '.join(BACKENDS)}",
+        field="attention_backend",
+    )

@@ -1,0 +1,174 @@
+"""C kernels for CPU inference, compiled on first use and called through ctypes.
+
+The source (kernels.c) is plain C with OpenMP and no torch headers, so a
+build takes about a second with the system's C compiler; the library is
+cached under ``$CANDLE_AGENTS_CACHE`` (default ``~/.cache/candle-agents``),
+keyed by the source, the flags and the CPU. Where no compiler works, or
+``CANDLE_AGENTS_CPU_KERNELS=0`` is set, ``available()`` is False and the
+engine keeps to its torch reference paths.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("kernels.c")
+MAX_HEAD_DIM = 256  # kernels.c keeps one K and one V row on the stack
+# Tried in order: the first set the compiler accepts wins. -march=native is
+# where the speed comes from (AVX-512/AVX2 dot products); OpenMP spreads
+# sequences over the cores.
+_FLAG_SETS = (
+    ["-O3", "-march=native", "-fopenmp"],
+    ["-O3", "-mcpu=native", "-fopenmp"],
+    ["-O3", "-march=native"],
+    ["-O3"],
+)
+
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_tried = False
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CANDLE_AGENTS_CACHE")
+    if root:
+        return Path(root)
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "candle-agents"
+
+
+def _cpu_id() -> str:
+    # A library built with -march=native must not be reused on another CPU
+    # that shares the cache directory.
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def _build(compiler: str, out: Path) -> bool:
+    source = _SOURCE.read_bytes()
+    for flags in _FLAG_SETS:
+        key = hashlib.sha256(
+            b"\0".join([source, " ".join(flags).encode(), compiler.encode(), _cpu_id().encode()])
+        ).hexdigest()[:16]
+        target = out / f"kernels-{key}.so"
+        if target.exists():
+            return _open(target)
+        out.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=out)
+        os.close(fd)
+        cmd = [compiler, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp, "-lm"]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            logger.info("CPU kernels: %s failed: %s", compiler, exc)
+            os.unlink(tmp)
+            return False
+        if done.returncode != 0:
+            logger.debug("CPU kernels: %s rejected %s: %s", compiler, flags, done.stderr[-500:])
+            os.unlink(tmp)
+            continue
+        # Atomic: another process building at the same time sees a whole file or none.
+        os.replace(tmp, target)
+        return _open(target)
+    return False
+
+
+def _open(path: Path) -> bool:
+    global _lib
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as exc:
+        logger.info("CPU kernels: cannot load %s: %s", path, exc)
+        return False
+    ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
+    fn = lib.paged_decode_attention
+    fn.restype = i32
+    fn.argtypes = [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32]
+    _lib = lib
+    return True
+
+
+def available() -> bool:
+    """Build (once per process, cached on disk) and load the kernels; False if that fails."""
+    global _tried
+    with _lock:
+        if not _tried:
+            _tried = True
+            if os.environ.get("CANDLE_AGENTS_CPU_KERNELS", "1") == "0":
+                return False
+            compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+            if compiler is None:
+                logger.info("CPU kernels: no C compiler found; using torch attention")
+            elif not _build(compiler, cache_dir() / "kernels"):
+                logger.info("CPU kernels: build failed; using torch attention")
+        return _lib is not None
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of one query per sequence over its paged K/V history.
+
+    ``q`` is [batch, heads, head_dim]; caches are [num_blocks, kv_heads,
+    block_size, head_dim] in float32 or bfloat16; ``block_tables`` [batch, n]
+    and ``seq_lens`` [batch] are int64. Returns float32 [batch, heads, head_dim].
+    """
+    if _lib is None:
+        raise RuntimeError("CPU kernels are not loaded; call available() first")
+    q = q.float().contiguous()
+    batch, heads, head_dim = q.shape
+    _, kv_heads, block_size, _ = k_cache.shape
+    if k_cache.dtype not in (torch.float32, torch.bfloat16) or v_cache.dtype != k_cache.dtype:
+        raise ValueError(f"paged_decode_attention: unsupported cache dtype {k_cache.dtype}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("paged_decode_attention: caches must be contiguous")
+    if head_dim > MAX_HEAD_DIM or heads % kv_heads or k_cache.shape[-1] != head_dim:
+        raise ValueError(
+            f"paged_decode_attention: heads={heads}, kv_heads={kv_heads}, "
+            f"head_dim={head_dim} (cache {k_cache.shape[-1]}) are not supported"
+        )
+    tables = block_tables.to(torch.int64).contiguous()
+    lens = seq_lens.to(torch.int64).contiguous()
+    out = torch.empty_like(q)
+    rc = _lib.paged_decode_attention(
+        q.data_ptr(),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        int(k_cache.dtype == torch.bfloat16),
+        tables.data_ptr(),
+        tables.shape[1],
+        lens.data_ptr(),
+        out.data_ptr(),
+        batch,
+        heads,
+        kv_heads,
+        head_dim,
+        block_size,
+        scale,
+        torch.get_num_threads(),
+    )
+    if rc != 0:
+        raise MemoryError("paged_decode_attention: out of memory for attention scores")
+    return out

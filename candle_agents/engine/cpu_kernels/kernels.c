@@ -1,0 +1,113 @@
+/* CPU kernels for the engine, called through ctypes (see __init__.py).
+ *
+ * Plain C with OpenMP: no torch headers, so it compiles in about a second on
+ * first use. torch is imported before this library is loaded, so the OpenMP
+ * runtime resolves to the one torch already uses and both share one pool of
+ * threads instead of competing for the cores.
+ *
+ * Caches are laid out [num_blocks, kv_heads, block_size, head_dim] (the torch
+ * backend's layout), in float32 or bfloat16. Accumulation is in float32.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define MAX_HEAD_DIM 256
+
+static inline float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Row `i` of a cache as float32: the row itself, or `buf` filled from bfloat16. */
+static inline const float *cache_row(const void *cache, int64_t off, int is_bf16, int d,
+                                     float *buf) {
+    if (!is_bf16) return (const float *)cache + off;
+    const uint16_t *src = (const uint16_t *)cache + off;
+#pragma omp simd
+    for (int j = 0; j < d; j++) buf[j] = bf16_to_f32(src[j]);
+    return buf;
+}
+
+/* Attention of the `g` query heads sharing one KV head, for one sequence.
+ * K is read once for all of them (GQA reuse), then V once. */
+static void decode_group(const float *q, const void *kc, const void *vc, int is_bf16,
+                         const int64_t *table, int64_t seq_len, int64_t block_stride,
+                         int64_t head_off, int bs, int d, int g, float scale, float *scores,
+                         float *out) {
+    float kbuf[MAX_HEAD_DIM], vbuf[MAX_HEAD_DIM];
+    int64_t nblocks = (seq_len + bs - 1) / bs;
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t base = table[b] * block_stride + head_off;
+        int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
+        for (int i = 0; i < n; i++) {
+            const float *k = cache_row(kc, base + (int64_t)i * d, is_bf16, d, kbuf);
+            int64_t t = b * bs + i;
+            for (int h = 0; h < g; h++) {
+                const float *qh = q + h * d;
+                float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+                for (int j = 0; j < d; j++) s += qh[j] * k[j];
+                scores[h * seq_len + t] = s * scale;
+            }
+        }
+    }
+    for (int h = 0; h < g; h++) {
+        float *sh = scores + h * seq_len;
+        float m = -INFINITY;
+        for (int64_t t = 0; t < seq_len; t++) m = sh[t] > m ? sh[t] : m;
+        float sum = 0.0f;
+        for (int64_t t = 0; t < seq_len; t++) {
+            sh[t] = expf(sh[t] - m);
+            sum += sh[t];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t t = 0; t < seq_len; t++) sh[t] *= inv;
+        memset(out + h * d, 0, sizeof(float) * d);
+    }
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t base = table[b] * block_stride + head_off;
+        int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
+        for (int i = 0; i < n; i++) {
+            const float *v = cache_row(vc, base + (int64_t)i * d, is_bf16, d, vbuf);
+            int64_t t = b * bs + i;
+            for (int h = 0; h < g; h++) {
+                float w = scores[h * seq_len + t];
+                float *oh = out + h * d;
+#pragma omp simd
+                for (int j = 0; j < d; j++) oh[j] += w * v[j];
+            }
+        }
+    }
+}
+
+/* One query token per sequence over its paged history.
+ * q, out: [batch, heads, d] float32; tables: [batch, table_stride] int64;
+ * seq_lens: [batch] int64. Returns 0, or -1 if scratch memory ran out. */
+int paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
+                           int is_bf16, const int64_t *tables, int64_t table_stride,
+                           const int64_t *seq_lens, float *out, int batch, int heads,
+                           int kv_heads, int d, int bs, float scale, int threads) {
+    int g = heads / kv_heads;
+    int64_t block_stride = (int64_t)kv_heads * bs * d;
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int task = 0; task < batch * kv_heads; task++) {
+        int s = task / kv_heads, kvh = task % kv_heads;
+        int64_t len = seq_lens[s];
+        float *scores = malloc(sizeof(float) * (size_t)g * (size_t)(len > 0 ? len : 1));
+        if (!scores) {
+            failed = 1;
+            continue;
+        }
+        int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
+        decode_group(q + row, k_cache, v_cache, is_bf16, tables + (int64_t)s * table_stride,
+                     len, block_stride, (int64_t)kvh * bs * d, bs, d, g, scale, scores,
+                     out + row);
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}

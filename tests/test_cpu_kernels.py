@@ -1,0 +1,123 @@
+"""The C CPU kernels against the torch reference backend, and backend selection."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from candle_agents.engine import cpu_kernels
+from candle_agents.engine.attention import (
+    CpuAttentionBackend,
+    TorchAttentionBackend,
+    get_backend,
+)
+from candle_agents.engine.attention.base import AttentionMetadata
+from candle_agents.errors import ConfigError
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler here")
+
+
+def decode_meta(block_tables, seq_lens, block_size) -> AttentionMetadata:
+    n = len(seq_lens)
+    return AttentionMetadata(
+        num_decodes=n,
+        num_decode_tokens=n,
+        slot_mapping=torch.zeros(n, dtype=torch.long),
+        seq_lens=seq_lens,
+        block_tables=block_tables,
+        seq_lens_cpu=seq_lens.tolist(),
+        query_lens_cpu=[1] * n,
+        query_start_cpu=list(range(n + 1)),
+        max_decode_seq_len=int(seq_lens.max()),
+        block_size=block_size,
+    )
+
+
+def random_case(batch, heads, kv_heads, head_dim, block_size, lens, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    num_blocks = sum(-(-n // block_size) for n in lens) + 3
+    shape = (num_blocks, kv_heads, block_size, head_dim)
+    k_cache = torch.randn(shape, generator=g).to(dtype)
+    v_cache = torch.randn(shape, generator=g).to(dtype)
+    # Each sequence gets its own blocks, in shuffled order, none of them block 0.
+    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
+    width = max(-(-n // block_size) for n in lens)
+    tables = torch.zeros(batch, width, dtype=torch.long)
+    for i, n in enumerate(lens):
+        for j in range(-(-n // block_size)):
+            tables[i, j] = perm.pop()
+    q = torch.randn(batch, heads, head_dim, generator=g).to(dtype)
+    return q, k_cache, v_cache, tables, torch.tensor(lens, dtype=torch.long)
+
+
+@pytest.mark.parametrize(
+    "heads,kv_heads,head_dim,block_size,lens",
+    [
+        (9, 3, 64, 16, [1, 15, 16, 17, 200]),  # SmolLM2's GQA ratio 3, block edges
+        (8, 1, 128, 32, [33, 5, 64]),  # ratio 8, head_dim 128
+        (4, 4, 32, 8, [7, 8, 9, 100]),  # no GQA
+        (6, 2, 64, 16, [1]),  # a single token of history
+    ],
+)
+def test_decode_kernel_matches_reference(heads, kv_heads, head_dim, block_size, lens):
+    q, kc, vc, tables, seq_lens = random_case(
+        len(lens), heads, kv_heads, head_dim, block_size, lens, torch.float32
+    )
+    meta = decode_meta(tables, seq_lens, block_size)
+    reference = TorchAttentionBackend()
+    reference.prepare(meta, kv_heads, head_dim)
+    expected = reference._decode(q, kc, vc, meta, head_dim**-0.5)
+    got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, head_dim**-0.5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_kernel_bfloat16_cache():
+    lens = [3, 40, 129]
+    q, kc, vc, tables, seq_lens = random_case(3, 9, 3, 64, 16, lens, torch.bfloat16)
+    # Reference in float32 on the same (bf16-rounded) values: the kernel accumulates in fp32.
+    meta = decode_meta(tables, seq_lens, 16)
+    reference = TorchAttentionBackend()
+    reference.prepare(meta, 3, 64)
+    expected = reference._decode(q.float(), kc.float(), vc.float(), meta, 0.125)
+    got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, 0.125)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_decode_kernel_ignores_padding_blocks():
+    # Blocks past a sequence's length (table padding, other sequences' data) never count.
+    q, kc, vc, tables, seq_lens = random_case(2, 4, 2, 64, 16, [20, 20], torch.float32)
+    before = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, 0.125)
+    kc[0].fill_(float("nan"))
+    vc[0].fill_(float("nan"))
+    padded = torch.cat([tables, torch.zeros(2, 3, dtype=torch.long)], dim=1)
+    after = cpu_kernels.paged_decode_attention(q, kc, vc, padded, seq_lens, 0.125)
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+
+
+def test_decode_kernel_rejects_bad_shapes():
+    q, kc, vc, tables, seq_lens = random_case(1, 6, 4, 64, 16, [5], torch.float32)
+    with pytest.raises(ValueError, match="kv_heads=4"):
+        cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, 0.125)
+    with pytest.raises(ValueError, match="dtype"):
+        cpu_kernels.paged_decode_attention(q, kc.half(), vc.half(), tables, seq_lens, 0.125)
+
+
+def test_auto_picks_the_kernel_backend_on_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    assert isinstance(get_backend("auto", cpu, torch.float32, 64), CpuAttentionBackend)
+    assert type(get_backend("torch", cpu, torch.float32, 64)) is TorchAttentionBackend
+    # float16 has no kernel: auto falls back, an explicit "cpu" says why it cannot.
+    assert type(get_backend("auto", cpu, torch.float16, 64)) is TorchAttentionBackend
+    with pytest.raises(ConfigError, match="attention_backend='cpu' needs") as err:
+        get_backend("cpu", cpu, torch.float16, 64)
+    assert err.value.field == "attention_backend"
+    monkeypatch.setattr(cpu_kernels, "_lib", None)  # as if the build had failed
+    assert type(get_backend("auto", cpu, torch.float32, 64)) is TorchAttentionBackend
+
+
+def test_unknown_backend_is_a_config_error():
+    from candle_agents.engine.config import EngineConfig
+
+    with pytest.raises(ConfigError, match="attention_backend='flash'") as err:
+        EngineConfig(attention_backend="flash")
+    assert err.value.field == "attention_backend"
