@@ -12,6 +12,7 @@ from candle_agents.engine.attention import (
     get_backend,
 )
 from candle_agents.engine.attention.base import AttentionMetadata
+from candle_agents.engine.layers.ops import CpuKernelOps, TorchOps
 from candle_agents.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler here")
@@ -121,3 +122,55 @@ def test_unknown_backend_is_a_config_error():
     with pytest.raises(ConfigError, match="attention_backend='flash'") as err:
         EngineConfig(attention_backend="flash")
     assert err.value.field == "attention_backend"
+
+
+# -- fused elementwise ops against the torch reference ------------------------------
+
+REFERENCE, FUSED = TorchOps(), CpuKernelOps()
+
+
+@pytest.mark.parametrize("rows", [1, 3, 300])
+def test_rms_norm_and_fused_residual_add(rows):
+    g = torch.Generator().manual_seed(rows)
+    x, res = (torch.randn(rows, 576, generator=g) for _ in range(2))
+    w = torch.randn(576, generator=g)
+    torch.testing.assert_close(FUSED.rms_norm(x, w, 1e-5), REFERENCE.rms_norm(x, w, 1e-5))
+    want_h, want_res = REFERENCE.add_rms_norm(x, res, w, 1e-5)
+    got_h, got_res = FUSED.add_rms_norm(x.clone(), res.clone(), w, 1e-5)
+    torch.testing.assert_close(got_res, want_res, rtol=0, atol=0)  # the same one addition
+    torch.testing.assert_close(got_h, want_h)
+
+
+def test_silu_and_mul():
+    gate_up = torch.randn(70, 2 * 1536, generator=torch.Generator().manual_seed(0)) * 4
+    torch.testing.assert_close(FUSED.silu_and_mul(gate_up), REFERENCE.silu_and_mul(gate_up))
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(9, 3, 64), (8, 2, 128), (4, 4, 32)])
+def test_rotary_in_place_on_fused_qkv(heads, kv_heads, head_dim):
+    g = torch.Generator().manual_seed(heads)
+    tokens, q_size, kv_size = 37, heads * head_dim, kv_heads * head_dim
+    qkv = torch.randn(tokens, q_size + 2 * kv_size, generator=g)
+    table = torch.randn(512, head_dim, generator=g)
+    cos, sin = table.cos(), table.sin()
+    positions = torch.randint(0, 512, (tokens,), generator=g)
+
+    def split(t):
+        q, k, v = t.split([q_size, kv_size, kv_size], dim=-1)
+        return q.view(tokens, heads, head_dim), k.view(tokens, kv_heads, head_dim), v
+
+    q, k, _ = split(qkv.clone())
+    want_q, want_k = REFERENCE.rotary(q, k, cos, sin, positions)
+    fused = qkv.clone()
+    q, k, v = split(fused)
+    got_q, got_k = FUSED.rotary(q, k, cos, sin, positions)
+    assert got_q.data_ptr() == q.data_ptr()  # rotated where it lies, no copy
+    torch.testing.assert_close(got_q, want_q, rtol=0, atol=0)
+    torch.testing.assert_close(got_k, want_k, rtol=0, atol=0)
+    assert torch.equal(v, qkv[:, q_size + kv_size :])  # V untouched
+
+
+def test_fused_ops_defer_to_torch_for_other_dtypes():
+    x = torch.randn(4, 64, dtype=torch.bfloat16)
+    w = torch.randn(64, dtype=torch.bfloat16)
+    torch.testing.assert_close(FUSED.rms_norm(x, w, 1e-6), REFERENCE.rms_norm(x, w, 1e-6))

@@ -8,6 +8,7 @@ import threading
 import pytest
 import torch
 from conftest import assert_all_blocks_free
+from tiny_models import build_tiny_model
 
 from candle_agents import (
     ConfigError,
@@ -26,11 +27,6 @@ GREEDY = GenerationParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    import sys
-
-    from tiny_models import build_tiny_model
-
-    assert sys.modules  # keep the import above local to this fixture
     path = build_tiny_model("llama", tmp_path_factory.mktemp("api"))
     eng = Engine.from_pretrained(str(path), kv_cache_memory=8 * 2**20, max_num_batched_tokens=128)
     yield eng
@@ -355,3 +351,16 @@ def test_agenerate_reports_prompt_ids_and_usage(engine):
     assert result.prompt_token_ids == prompt
     assert result.usage.prompt_tokens == len(prompt)
     assert result.usage.completion_tokens == len(result.token_ids) == GREEDY.max_tokens
+
+
+def test_generate_takes_one_params_per_prompt(engine):
+    prompts = [[5, 6, 7], [8, 9]]
+    params = [GenerationParams(max_tokens=n, ignore_eos=True) for n in (3, 5)]
+    results = engine.generate(prompts, params)
+    assert [len(r.token_ids) for r in results] == [3, 5]
+    with pytest.raises(ConfigError, match="1 GenerationParams for 2 prompts"):
+        engine.generate(prompts, params[:1])
+    # One bad prompt in a list submits none of them.
+    with pytest.raises(TokenizationError):
+        engine.generate([[5, 6], []], GenerationParams(max_tokens=2))
+    assert_all_blocks_free(engine)

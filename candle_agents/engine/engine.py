@@ -140,12 +140,30 @@ class Engine:
     # -- requests ------------------------------------------------------------------------
 
     def generate(
-        self, prompt: Prompt | list[Prompt], params: GenerationParams | None = None
+        self,
+        prompt: Prompt | list[Prompt],
+        params: GenerationParams | list[GenerationParams] | None = None,
     ) -> GenerationResult | list[GenerationResult]:
-        """Generate to completion; a list of prompts is submitted together and batched."""
+        """Generate to completion.
+
+        A list of prompts is submitted together and batched, with one
+        ``params`` for all or a list of one per prompt.
+        """
         if isinstance(prompt, list) and prompt and not isinstance(prompt[0], int):
-            pending = [self._submit_sync(p, params) for p in prompt]
-            return [self._collect_sync(seq, sink) for seq, sink in pending]
+            per_prompt = params if isinstance(params, list) else [params] * len(prompt)
+            if len(per_prompt) != len(prompt):
+                raise ConfigError(
+                    f"{len(per_prompt)} GenerationParams for {len(prompt)} prompts",
+                    field="params",
+                )
+            # Validate every prompt first, then hand them over in one go, so
+            # that they are scheduled together and a bad one submits none.
+            seqs = [self._make_sequence(p, q, None) for p, q in zip(prompt, per_prompt)]
+            sinks = [SyncSink() for _ in seqs]
+            self._register(seqs, sinks)
+            return [self._collect_sync(seq, sink) for seq, sink in zip(seqs, sinks)]
+        if isinstance(params, list):
+            raise ConfigError("a list of GenerationParams needs a list of prompts", field="params")
         return self._collect_sync(*self._submit_sync(prompt, params))
 
     async def agenerate(
@@ -225,6 +243,13 @@ class Engine:
         sink: SyncSink | AsyncSink,
         request_id: str | None,
     ) -> Sequence:
+        seq = self._make_sequence(prompt, params, request_id)
+        self._register([seq], [sink])
+        return seq
+
+    def _make_sequence(
+        self, prompt: Prompt, params: GenerationParams | None, request_id: str | None
+    ) -> Sequence:
         if self._closed:
             raise RequestCancelled("the engine has been shut down; create a new one")
         params = params or GenerationParams()
@@ -250,9 +275,15 @@ class Engine:
         )
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
-        self._requests[rid] = (seq, sink)
-        self._post("add", seq)
         return seq
+
+    def _register(self, seqs: list[Sequence], sinks: list[SyncSink | AsyncSink]) -> None:
+        ids = [s.request_id for s in seqs]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("request_ids within one call must differ", field="request_id")
+        for seq, sink in zip(seqs, sinks):
+            self._requests[seq.request_id] = (seq, sink)
+        self._post("add", seqs)
 
     def _prompt_ids(self, prompt: Prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -302,7 +333,8 @@ class Engine:
         while self._inbox:
             kind, payload = self._inbox.popleft()
             if kind == "add":
-                self.scheduler.add(payload)
+                for seq in payload:
+                    self.scheduler.add(seq)
             elif kind == "abort":
                 entry = self._requests.get(payload)
                 if entry is not None:

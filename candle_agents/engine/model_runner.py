@@ -227,6 +227,8 @@ class ModelRunner:
         )
         spec = self.model.spec
         self.backend.prepare(meta, spec.num_kv_heads, spec.head_dim)
-        ctx = ForwardContext(meta, self.backend, self.kv_caches, pos_t, self.model.rotary)
+        ctx = ForwardContext(
+            meta, self.backend, self.kv_caches, pos_t, self.model.rotary, self.backend.ops
+        )
         logits = self.model(ids_t, ctx, rows_t)
         return logits, sampling

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from candle_agents.engine.layers.ops import TorchOps
+
 
 @dataclass
 class AttentionMetadata:
@@ -45,9 +47,14 @@ class AttentionMetadata:
 
 
 class AttentionBackend(ABC):
-    """Stores K/V into the paged cache and attends over it."""
+    """Stores K/V into the paged cache and attends over it.
+
+    ``ops`` is the set of elementwise kernels (norms, activation, rotary)
+    that goes with the backend.
+    """
 
     name: str = "base"
+    ops: TorchOps = TorchOps()
 
     def kv_cache_shape(
         self, num_blocks: int, block_size: int, num_kv_heads: int, head_dim: int

@@ -4,7 +4,8 @@ Decoding is where the torch path loses on CPU: it gathers every sequence's
 history into a dense copy (a read and a write of the whole context) before
 two batched matmuls read it again. The kernel in ``cpu_kernels`` reads each
 K/V row once, in place through the block table, for all query heads of its
-KV head. Prefill keeps SDPA's flash kernel, which is already fused.
+KV head. Prefill keeps SDPA's flash kernel, which is already fused. Norms,
+the gated activation and rotary go through fused C kernels too (``ops``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from candle_agents.engine import cpu_kernels
 from candle_agents.engine.attention.base import AttentionMetadata
 from candle_agents.engine.attention.torch_ref import TorchAttentionBackend
+from candle_agents.engine.layers.ops import CpuKernelOps
 
 
 class CpuAttentionBackend(TorchAttentionBackend):
     name = "cpu"
+    ops = CpuKernelOps()
 
     def _prepare_decode(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:
         pass  # the kernel walks the block tables itself

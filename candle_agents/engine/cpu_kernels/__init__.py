@@ -98,9 +98,19 @@ def _open(path: Path) -> bool:
         logger.info("CPU kernels: cannot load %s: %s", path, exc)
         return False
     ptr, i32, i64, f32 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64, ctypes.c_float
-    fn = lib.paged_decode_attention
-    fn.restype = i32
-    fn.argtypes = [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32]
+    signatures = {
+        "paged_decode_attention": (
+            i32,
+            [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32],
+        ),
+        "rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
+        "add_rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
+        "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
+        "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     _lib = lib
     return True
 
@@ -167,8 +177,72 @@ def paged_decode_attention(
         head_dim,
         block_size,
         scale,
-        torch.get_num_threads(),
+        _threads(),
     )
     if rc != 0:
         raise MemoryError("paged_decode_attention: out of memory for attention scores")
     return out
+
+
+# -- fused float32 elementwise ops (callers check dtype, device and layout) --------
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``weight * x / rms(x)`` over the last axis of a contiguous float32 tensor."""
+    out = torch.empty_like(x)
+    dim = x.shape[-1]
+    _lib.rms_norm(
+        x.data_ptr(), weight.data_ptr(), out.data_ptr(), x.numel() // dim, dim, eps, _threads()
+    )
+    return out
+
+
+def add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residual += x`` then ``x = norm(residual)``, both in place; returns (x, residual)."""
+    dim = x.shape[-1]
+    _lib.add_rms_norm(
+        x.data_ptr(),
+        residual.data_ptr(),
+        weight.data_ptr(),
+        x.numel() // dim,
+        dim,
+        eps,
+        _threads(),
+    )
+    return x, residual
+
+
+def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """``silu(gate) * up`` for ``gate_up`` = [rows, 2 * inter] (gate first)."""
+    rows, width = gate_up.shape
+    out = gate_up.new_empty(rows, width // 2)
+    _lib.silu_and_mul(gate_up.data_ptr(), out.data_ptr(), rows, width // 2, _threads())
+    return out
+
+
+def rotary_(
+    x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
+) -> None:
+    """Rotate, in place, the first ``heads`` heads of each row of ``x`` [rows, >= heads * d].
+
+    ``x`` may be a column slice of a wider matrix (rows ``x.stride(0)`` apart,
+    columns contiguous); ``cos``/``sin`` are [positions, d] tables.
+    """
+    d = cos.shape[-1]
+    _lib.rotary(
+        x.data_ptr(),
+        x.stride(0),
+        heads,
+        cos.data_ptr(),
+        sin.data_ptr(),
+        positions.data_ptr(),
+        x.shape[0],
+        d,
+        _threads(),
+    )
+
+
+def _threads() -> int:
+    return torch.get_num_threads()

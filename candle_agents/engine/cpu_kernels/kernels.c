@@ -111,3 +111,69 @@ int paged_decode_attention(const float *q, const void *k_cache, const void *v_ca
     }
     return failed ? -1 : 0;
 }
+
+/* ---- fused float32 elementwise ops over [rows, dim] ------------------------
+ * Each is one pass over memory where torch takes three to six, and follows
+ * the HF models' order of operations so results stay within float rounding. */
+
+#define PAR_MIN_ELEMS 16384 /* below this, one thread beats waking the pool */
+
+static inline void norm_row(const float *x, const float *w, float *out, int dim, float eps) {
+    float ss = 0.0f;
+#pragma omp simd reduction(+ : ss)
+    for (int j = 0; j < dim; j++) ss += x[j] * x[j];
+    float r = 1.0f / sqrtf(ss / (float)dim + eps);
+#pragma omp simd
+    for (int j = 0; j < dim; j++) out[j] = w[j] * (x[j] * r);
+}
+
+/* out = w * x / rms(x), row by row. */
+void rms_norm(const float *x, const float *w, float *out, int64_t rows, int dim, float eps,
+              int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= PAR_MIN_ELEMS)
+    for (int64_t r = 0; r < rows; r++) norm_row(x + r * dim, w, out + r * dim, dim, eps);
+}
+
+/* residual += x; x = w * residual / rms(residual): the residual stream's add
+ * fused with the next norm, both in place. */
+void add_rms_norm(float *x, float *residual, const float *w, int64_t rows, int dim, float eps,
+                  int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= PAR_MIN_ELEMS)
+    for (int64_t r = 0; r < rows; r++) {
+        float *res = residual + r * dim, *xr = x + r * dim;
+#pragma omp simd
+        for (int j = 0; j < dim; j++) res[j] = res[j] + xr[j];
+        norm_row(res, w, xr, dim, eps);
+    }
+}
+
+/* out[r] = silu(gate_up[r, :inter]) * gate_up[r, inter:]. */
+void silu_and_mul(const float *gate_up, float *out, int64_t rows, int inter, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * inter >= PAR_MIN_ELEMS)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *g = gate_up + r * 2 * inter, *u = g + inter;
+        float *o = out + r * inter;
+        for (int j = 0; j < inter; j++) o[j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+    }
+}
+
+/* Rotary embedding (rotate-half form), in place on `heads` heads of `d` per
+ * row; rows are `stride` floats apart, so q and k can be rotated inside the
+ * fused QKV output. cos/sin are [positions, d] tables. */
+void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float *sin_t,
+            const int64_t *pos, int64_t rows, int d, int threads) {
+    int half = d / 2;
+#pragma omp parallel for schedule(static) num_threads(threads) if (rows * heads * d >= PAR_MIN_ELEMS)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *c = cos_t + pos[r] * d, *s = sin_t + pos[r] * d;
+        for (int h = 0; h < heads; h++) {
+            float *v = x + r * stride + (int64_t)h * d;
+#pragma omp simd
+            for (int j = 0; j < half; j++) {
+                float a = v[j], b = v[j + half];
+                v[j] = a * c[j] + (-b) * s[j];
+                v[j + half] = b * c[j + half] + a * s[j + half];
+            }
+        }
+    }
+}

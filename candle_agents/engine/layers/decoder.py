@@ -10,11 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from candle_agents.engine.attention import AttentionBackend, AttentionMetadata
 from candle_agents.engine.layers.norm import RMSNorm
+from candle_agents.engine.layers.ops import TorchOps
 from candle_agents.engine.layers.rotary import RotaryEmbedding
 
 
@@ -27,6 +27,7 @@ class ForwardContext:
     kv_caches: list[tuple[torch.Tensor, torch.Tensor]]
     positions: torch.Tensor
     rotary: RotaryEmbedding
+    ops: TorchOps
 
 
 @dataclass
@@ -67,8 +68,8 @@ class Attention(nn.Module):
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = ctx.rotary(ctx.positions, q, k)
+            q, k = self.q_norm(q, ctx.ops), self.k_norm(k, ctx.ops)
+        q, k = ctx.ops.rotary(q, k, ctx.rotary.cos, ctx.rotary.sin, ctx.positions)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.meta)
         out = ctx.backend.attend(q, k, v, k_cache, v_cache, ctx.meta, self.scale)
@@ -82,9 +83,8 @@ class GatedMLP(nn.Module):
         self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        return self.down_proj(ctx.ops.silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -95,6 +95,19 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps)
         self.mlp = GatedMLP(spec)
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), ctx)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One block on the residual stream: returns (this block's output, residual).
+
+        The stream's additions are deferred into the next norm, so each
+        add + norm pair is one fused op; the sum is the HF models' ``x + f(x)``.
+        """
+        ops, norm1, norm2 = ctx.ops, self.input_layernorm, self.post_attention_layernorm
+        if residual is None:
+            residual, h = x, ops.rms_norm(x, norm1.weight, norm1.eps)
+        else:
+            h, residual = ops.add_rms_norm(x, residual, norm1.weight, norm1.eps)
+        h = self.self_attn(h, ctx)
+        h, residual = ops.add_rms_norm(h, residual, norm2.weight, norm2.eps)
+        return self.mlp(h, ctx), residual

@@ -1,9 +1,13 @@
-"""RMSNorm, computed in float32 whatever the model dtype (as the HF models do)."""
+"""RMSNorm weights; the arithmetic lives in ``ops`` (torch reference or fused kernel)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from candle_agents.engine.layers.ops import TorchOps
+
+_REFERENCE = TorchOps()
 
 
 class RMSNorm(nn.Module):
@@ -12,8 +16,5 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim), requires_grad=False)
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(dtype)
+    def forward(self, x: torch.Tensor, ops: TorchOps = _REFERENCE) -> torch.Tensor:
+        return ops.rms_norm(x, self.weight, self.eps)

@@ -1,8 +1,8 @@
-"""Rotary position embeddings with a precomputed cos/sin table.
+"""Rotary position embeddings: the precomputed cos/sin tables.
 
-The table is built in float32 exactly as the HF models build theirs per call
-(an outer product of positions and inverse frequencies), so results match bit
-for bit; each step then only gathers rows by position.
+The tables are built in float32 exactly as the HF models build theirs per
+call (an outer product of positions and inverse frequencies), so results
+match bit for bit; ``ops.rotary`` applies them by position.
 """
 
 from __future__ import annotations
@@ -61,17 +61,3 @@ class RotaryEmbedding(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
-
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [T, H, D] and k [T, Hkv, D] by their token positions [T]."""
-        cos = self.cos[positions].to(q.dtype)[:, None, :]
-        sin = self.sin[positions].to(q.dtype)[:, None, :]
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin

@@ -78,11 +78,11 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """Run the flattened batch; return float32 logits for ``logits_indices`` rows only."""
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
-            x = layer(x, ctx)
-        x = self.norm(x[logits_indices])
-        return self.lm_head(x).float()
+            x, residual = layer(x, residual, ctx)
+        x = x[logits_indices] + residual[logits_indices]
+        return self.lm_head(self.norm(x, ctx.ops)).float()
 
     # -- weights ------------------------------------------------------------------
 
