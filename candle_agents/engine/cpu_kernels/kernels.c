@@ -32,6 +32,15 @@ static inline const float *cache_row(const void *cache, int64_t off, int is_bf16
     return buf;
 }
 
+/* Ask for the next block (one head's rows: a few KiB, contiguous) while this
+ * one is being used: block tables scatter blocks, so the hardware prefetcher
+ * cannot guess where the next one is. */
+static inline void prefetch_block(const void *cache, int64_t off, int is_bf16, int elems) {
+    const char *p = (const char *)cache + off * (is_bf16 ? 2 : 4);
+    int bytes = elems * (is_bf16 ? 2 : 4);
+    for (int i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
+}
+
 /* Attention of the `g` query heads sharing one KV head, for one sequence.
  * K is read once for all of them (GQA reuse), then V once. */
 static void decode_group(const float *q, const void *kc, const void *vc, int is_bf16,
@@ -43,6 +52,7 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t base = table[b] * block_stride + head_off;
         int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
+        if (b + 1 < nblocks) prefetch_block(kc, table[b + 1] * block_stride + head_off, is_bf16, bs * d);
         for (int i = 0; i < n; i++) {
             const float *k = cache_row(kc, base + (int64_t)i * d, is_bf16, d, kbuf);
             int64_t t = b * bs + i;
@@ -71,6 +81,7 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t base = table[b] * block_stride + head_off;
         int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
+        if (b + 1 < nblocks) prefetch_block(vc, table[b + 1] * block_stride + head_off, is_bf16, bs * d);
         for (int i = 0; i < n; i++) {
             const float *v = cache_row(vc, base + (int64_t)i * d, is_bf16, d, vbuf);
             int64_t t = b * bs + i;
