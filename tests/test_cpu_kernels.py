@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -174,3 +178,30 @@ def test_fused_ops_defer_to_torch_for_other_dtypes():
     x = torch.randn(4, 64, dtype=torch.bfloat16)
     w = torch.randn(64, dtype=torch.bfloat16)
     torch.testing.assert_close(FUSED.rms_norm(x, w, 1e-6), REFERENCE.rms_norm(x, w, 1e-6))
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"CANDLE_AGENTS_CPU_KERNELS": "0"}, "False torch"),
+        ({"CC": "/nonexistent/cc"}, "False torch"),
+        ({"CANDLE_AGENTS_CACHE": "/proc/no-such-dir"}, "True cpu"),  # unwritable: tmp dir
+    ],
+)
+def test_kernel_build_falls_back_cleanly(env, expected):
+    code = (
+        "import torch\n"
+        "from candle_agents.engine import cpu_kernels\n"
+        "from candle_agents.engine.attention import get_backend\n"
+        "ok = cpu_kernels.available()\n"
+        "print(ok, get_backend('auto', torch.device('cpu'), torch.float32, 64).name)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-2:] == expected.split()

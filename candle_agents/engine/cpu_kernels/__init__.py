@@ -126,9 +126,22 @@ def available() -> bool:
             compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
             if compiler is None:
                 logger.info("CPU kernels: no C compiler found; using torch attention")
-            elif not _build(compiler, cache_dir() / "kernels"):
+            elif not any(_try_build(compiler, root) for root in _build_roots()):
                 logger.info("CPU kernels: build failed; using torch attention")
         return _lib is not None
+
+
+def _build_roots() -> list[Path]:
+    # A read-only home (containers, CI sandboxes) must not stop the engine.
+    return [cache_dir() / "kernels", Path(tempfile.gettempdir()) / "candle-agents-kernels"]
+
+
+def _try_build(compiler: str, root: Path) -> bool:
+    try:
+        return _build(compiler, root)
+    except OSError as exc:
+        logger.info("CPU kernels: cannot build in %s: %s", root, exc)
+        return False
 
 
 def paged_decode_attention(
