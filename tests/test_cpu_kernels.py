@@ -62,6 +62,9 @@ def random_case(batch, heads, kv_heads, head_dim, block_size, lens, dtype, seed=
         (8, 1, 128, 32, [33, 5, 64]),  # ratio 8, head_dim 128
         (4, 4, 32, 8, [7, 8, 9, 100]),  # no GQA
         (6, 2, 64, 16, [1]),  # a single token of history
+        (10, 2, 64, 16, [50, 3]),  # ratio 5: query heads in chunks of 4 and 1
+        (2, 1, 80, 16, [40]),  # head_dim not a multiple of 16: the portable path
+        (4, 2, 256, 16, [20, 33]),  # head_dim past the vector path's limit
     ],
 )
 def test_decode_kernel_matches_reference(heads, kv_heads, head_dim, block_size, lens):

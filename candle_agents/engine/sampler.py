@@ -2,8 +2,8 @@
 
 Rows are processed together wherever their parameters allow; work that only
 some rows need (penalties, seeded noise, logprobs) touches only those rows.
-A seeded request draws its noise from its own generator, one full-vocabulary
-draw per token, so its text does not depend on what else shares the batch.
+A seeded request draws from its own generator, one uniform number per token,
+so its text does not depend on what else shares the batch.
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ class Sampler:
         else:
             self.generator.seed()
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
-        """``logits``: float32 [len(seqs), vocab]."""
+        """``logits``: float32 [len(seqs), vocab], the sampler's to modify in place."""
         n = len(seqs)
         want_lp = [i for i, s in enumerate(seqs) if s.params.needs_logprobs]
         raw_logprobs = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
@@ -74,7 +75,6 @@ class Sampler:
         rows = [i for i, s in enumerate(seqs) if s.params.needs_penalties]
         if not rows:
             return logits
-        logits = logits.clone()
         vocab = logits.shape[1]
         for i in rows:
             p = seqs[i].params
@@ -114,7 +114,6 @@ class Sampler:
                     cols.append(t)
         if not rows:
             return logits
-        logits = logits.clone()
         logits[rows, cols] = float("-inf")
         return logits
 
@@ -133,17 +132,24 @@ class Sampler:
             m = torch.tensor(min_ps, dtype=probs.dtype, device=probs.device)
             floor = probs.max(dim=-1, keepdim=True).values * m[:, None]
             probs = probs.masked_fill(probs < floor, 0.0)
-        # Exponential race: argmax(p / E) with E ~ Exp(1) draws from p.
-        noise = torch.empty_like(probs)
+        # Inverse CDF: one uniform per row, looked up in the cumulative mass.
+        # (An exponential race over the whole vocabulary costs ~30 ms a step at
+        # batch 32 on CPU, for the noise alone; this costs ~1 ms.)
+        u = torch.empty(len(seqs), dtype=probs.dtype, device=probs.device)
         unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
         if unseeded:
-            noise[unseeded] = torch.empty(
-                len(unseeded), probs.shape[1], dtype=probs.dtype, device=probs.device
-            ).exponential_(generator=self.generator)
+            u[unseeded] = torch.rand(
+                len(unseeded), dtype=probs.dtype, device=probs.device, generator=self.generator
+            )
         for i, s in enumerate(seqs):
             if s.generator is not None:
-                noise[i].exponential_(generator=s.generator)
-        return (probs / noise).argmax(dim=-1)
+                u[i] = torch.rand(1, dtype=probs.dtype, device=probs.device, generator=s.generator)
+        cdf = probs.cumsum(dim=-1)
+        total = cdf[:, -1:]
+        # Strictly below the total, so the pick is a token with mass; right=True
+        # skips tokens of zero mass (a flat stretch of the CDF).
+        target = torch.minimum(u[:, None] * total, torch.nextafter(total, torch.zeros_like(total)))
+        return torch.searchsorted(cdf, target, right=True).squeeze(1)
 
 
 def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -> torch.Tensor:

@@ -107,6 +107,7 @@ def _open(path: Path) -> bool:
         "add_rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
         "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
+        "gemm_packed": (i32, [ptr, i64, i64, ptr, ptr, i64, ptr, i32]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -255,6 +256,45 @@ def rotary_(
         d,
         _threads(),
     )
+
+
+# -- small-M float32 matmul on panel-packed weights ------------------------------
+
+PANEL = 32  # output columns per panel (kernels.c: NR)
+GEMM_MAX_ROWS = 64  # kernels.c: GEMM_MAX_M
+
+
+def pack_panels(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` [N, K] as the ``[ceil(N / 32), K, 32]`` panels ``gemm_packed`` reads."""
+    n, k = weight.shape
+    padded = -(-n // PANEL) * PANEL
+    w = weight.detach().float()
+    if padded != n:
+        w = torch.cat([w, w.new_zeros(padded - n, k)])
+    return w.view(padded // PANEL, PANEL, k).transpose(1, 2).contiguous()
+
+
+def gemm_packed(
+    x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, n: int
+) -> torch.Tensor | None:
+    """``x @ W.T (+ bias)`` for a contiguous float32 ``x`` of at most 64 rows.
+
+    ``panels`` comes from ``pack_panels(W)``; ``n`` is W's row count. Returns
+    None where the library has no vector path for this CPU.
+    """
+    rows, k = x.shape
+    out = x.new_empty(rows, n)
+    rc = _lib.gemm_packed(
+        x.data_ptr(),
+        rows,
+        k,
+        panels.data_ptr(),
+        bias.data_ptr() if bias is not None else None,
+        n,
+        out.data_ptr(),
+        _threads(),
+    )
+    return out if rc == 0 else None
 
 
 def _threads() -> int:

@@ -95,34 +95,6 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
     }
 }
 
-/* One query token per sequence over its paged history.
- * q, out: [batch, heads, d] float32; tables: [batch, table_stride] int64;
- * seq_lens: [batch] int64. Returns 0, or -1 if scratch memory ran out. */
-int paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
-                           int is_bf16, const int64_t *tables, int64_t table_stride,
-                           const int64_t *seq_lens, float *out, int batch, int heads,
-                           int kv_heads, int d, int bs, float scale, int threads) {
-    int g = heads / kv_heads;
-    int64_t block_stride = (int64_t)kv_heads * bs * d;
-    int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int task = 0; task < batch * kv_heads; task++) {
-        int s = task / kv_heads, kvh = task % kv_heads;
-        int64_t len = seq_lens[s];
-        float *scores = malloc(sizeof(float) * (size_t)g * (size_t)(len > 0 ? len : 1));
-        if (!scores) {
-            failed = 1;
-            continue;
-        }
-        int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
-        decode_group(q + row, k_cache, v_cache, is_bf16, tables + (int64_t)s * table_stride,
-                     len, block_stride, (int64_t)kvh * bs * d, bs, d, g, scale, scores,
-                     out + row);
-        free(scores);
-    }
-    return failed ? -1 : 0;
-}
-
 /* ---- fused float32 elementwise ops over [rows, dim] ------------------------
  * Each is one pass over memory where torch takes three to six, and follows
  * the HF models' order of operations so results stay within float rounding. */
@@ -193,9 +165,7 @@ static inline float silu_mul_scalar(float g, float u) { return g / (1.0f + exp_s
 #include <immintrin.h>
 #define LANES 16
 #define V512_MADD(p, r, c) _mm512_fmadd_ps(p, r, _mm512_set1_ps(c))
-static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
-    __m512 gv = _mm512_loadu_ps(g);
-    __m512 x = _mm512_sub_ps(_mm512_setzero_ps(), gv);
+static inline __m512 exp_v512(__m512 x) {
     x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(EXP_HI)), _mm512_set1_ps(EXP_LO));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -203,7 +173,11 @@ static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(LN2_LO), r);
     __m512 p = _mm512_set1_ps(1.0f / 720.0f);
     EXP_POLY(p, r, V512_MADD);
-    __m512 e = _mm512_scalef_ps(p, n);
+    return _mm512_scalef_ps(p, n);
+}
+static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
+    __m512 gv = _mm512_loadu_ps(g);
+    __m512 e = exp_v512(_mm512_sub_ps(_mm512_setzero_ps(), gv));
     __m512 s = _mm512_div_ps(gv, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
     _mm512_storeu_ps(o, _mm512_mul_ps(s, _mm512_loadu_ps(u)));
 }
@@ -266,3 +240,282 @@ void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float
         }
     }
 }
+
+/* ---- decode attention, AVX-512 -------------------------------------------
+ * One pass over K and V with an online softmax, 16 tokens (a tile) at a time:
+ * scores of a tile go through the vector exp together, and the running
+ * output of each query head is rescaled once a tile. Measured on 2 vCPUs,
+ * the two-pass scalar version was bound by compute (scalar expf, per-token
+ * stores of the output), not by memory, even with the cache out of L3. */
+#if defined(__AVX512F__)
+#define TILE 16
+
+/* n rows of d floats at `off` as float32: in place, or widened from bf16 into buf. */
+static inline const float *tile_rows(const void *cache, int64_t off, int is_bf16, int n, int d,
+                                     float *buf) {
+    if (!is_bf16) return (const float *)cache + off;
+    const uint16_t *src = (const uint16_t *)cache + off;
+    for (int i = 0; i < n * d; i += 16) {
+        __m256i h = _mm256_loadu_si256((const __m256i *)(src + i));
+        __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
+        _mm512_storeu_ps(buf + i, _mm512_castsi512_ps(w));
+    }
+    return buf;
+}
+
+/* The sums of 16 vectors, as one vector: lane i is the sum of v[i]'s lanes.
+ * A transpose-and-add tree, about 3 instructions a vector where reducing each
+ * alone takes 8 or more. */
+static inline __m512 sum16(const __m512 *v) {
+    __m512 x[8], y[4];
+    for (int i = 0; i < 8; i++)
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; i++)
+        y[i] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(x[2 * i], x[2 * i + 1], _MM_SHUFFLE(3, 2, 3, 2)));
+    /* y[i] holds, in each 128-bit lane, that lane's partial sums of v[4i..4i+3] */
+    __m512 w0 = _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(y[0], y[1], _MM_SHUFFLE(3, 1, 3, 1)));
+    __m512 w1 = _mm512_add_ps(_mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                              _mm512_shuffle_f32x4(y[2], y[3], _MM_SHUFFLE(3, 1, 3, 1)));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(2, 0, 2, 0)),
+                         _mm512_shuffle_f32x4(w0, w1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+/* Up to HEADS_MAX query heads of one KV head, d = 16 * C floats each, over
+ * one sequence. Inlined with constant `hn` and `C`, the per-head accumulators
+ * and the query live in registers; with run-time ones it still works, slower. */
+#define HEADS_MAX 4
+#define C_MAX 8
+static inline __attribute__((always_inline)) void
+attend_heads(const float *q, const void *kc, const void *vc, int is_bf16, const int64_t *table,
+             int64_t seq_len, int64_t block_stride, int64_t head_off, int bs, int hn, int C,
+             float scale, float *out) {
+    int d = 16 * C;
+    float kbuf[TILE * C_MAX * 16], vbuf[TILE * C_MAX * 16];
+    float s[HEADS_MAX][TILE], m[HEADS_MAX], l[HEADS_MAX];
+    __m512 part[HEADS_MAX][TILE], acc[HEADS_MAX][C_MAX];
+    for (int h = 0; h < hn; h++) {
+        m[h] = -INFINITY;
+        l[h] = 0.0f;
+        for (int c = 0; c < C; c++) acc[h][c] = _mm512_setzero_ps();
+    }
+    int64_t nblocks = (seq_len + bs - 1) / bs;
+    for (int64_t b = 0; b < nblocks && b < 2; b++) {
+        prefetch_block(kc, table[b] * block_stride + head_off, is_bf16, bs * d);
+        prefetch_block(vc, table[b] * block_stride + head_off, is_bf16, bs * d);
+    }
+    for (int64_t b = 0; b < nblocks; b++) {
+        int64_t base = table[b] * block_stride + head_off;
+        int nb = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
+        if (b + 2 < nblocks) { /* two blocks ahead: one is not enough to hide DRAM latency */
+            int64_t ahead = table[b + 2] * block_stride + head_off;
+            prefetch_block(kc, ahead, is_bf16, bs * d);
+            prefetch_block(vc, ahead, is_bf16, bs * d);
+        }
+        for (int t0 = 0; t0 < nb; t0 += TILE) {
+            int n = nb - t0 < TILE ? nb - t0 : TILE;
+            int64_t off = base + (int64_t)t0 * d;
+            const float *K = tile_rows(kc, off, is_bf16, n, d, kbuf);
+            for (int t = 0; t < n; t++) {
+                __m512 k[C_MAX];
+                for (int c = 0; c < C; c++) k[c] = _mm512_loadu_ps(K + t * d + 16 * c);
+                for (int h = 0; h < hn; h++) {
+                    __m512 a = _mm512_mul_ps(_mm512_loadu_ps(q + h * d), k[0]);
+                    for (int c = 1; c < C; c++)
+                        a = _mm512_fmadd_ps(_mm512_loadu_ps(q + h * d + 16 * c), k[c], a);
+                    part[h][t] = a;
+                }
+            }
+            __mmask16 live = (__mmask16)((1u << n) - 1u);
+            for (int h = 0; h < hn; h++) {
+                for (int t = n; t < TILE; t++) part[h][t] = _mm512_setzero_ps();
+                __m512 sv = _mm512_mul_ps(sum16(part[h]), _mm512_set1_ps(scale));
+                sv = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), live, sv);
+                float top = _mm512_reduce_max_ps(sv);
+                float mnew = top > m[h] ? top : m[h];
+                float corr = expf(m[h] - mnew); /* 0 on the first tile: m is -inf */
+                __m512 p = _mm512_maskz_mov_ps(live, exp_v512(_mm512_sub_ps(sv, _mm512_set1_ps(mnew))));
+                l[h] = l[h] * corr + _mm512_reduce_add_ps(p);
+                m[h] = mnew;
+                _mm512_storeu_ps(s[h], p);
+                __m512 cv = _mm512_set1_ps(corr);
+                for (int c = 0; c < C; c++) acc[h][c] = _mm512_mul_ps(acc[h][c], cv);
+            }
+            const float *V = tile_rows(vc, off, is_bf16, n, d, vbuf);
+            for (int t = 0; t < n; t++) {
+                __m512 v[C_MAX];
+                for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(V + t * d + 16 * c);
+                for (int h = 0; h < hn; h++) {
+                    __m512 w = _mm512_set1_ps(s[h][t]);
+                    for (int c = 0; c < C; c++) acc[h][c] = _mm512_fmadd_ps(w, v[c], acc[h][c]);
+                }
+            }
+        }
+    }
+    for (int h = 0; h < hn; h++) {
+        __m512 inv = _mm512_set1_ps(l[h] > 0.0f ? 1.0f / l[h] : 0.0f);
+        for (int c = 0; c < C; c++)
+            _mm512_storeu_ps(out + h * d + 16 * c, _mm512_mul_ps(acc[h][c], inv));
+    }
+}
+
+/* As decode_group, for d a multiple of 16 up to 16 * C_MAX: query heads in
+ * chunks that keep their accumulators in registers (16 vectors). */
+static void decode_group_v512(const float *q, const void *kc, const void *vc, int is_bf16,
+                              const int64_t *table, int64_t seq_len, int64_t block_stride,
+                              int64_t head_off, int bs, int d, int g, float scale,
+                              float *out) {
+    int C = d / 16, chunk = C <= 4 ? 4 : 2;
+    for (int h0 = 0; h0 < g; h0 += chunk) {
+        int hn = g - h0 < chunk ? g - h0 : chunk;
+        const float *qh = q + h0 * d;
+        float *oh = out + h0 * d;
+#define ATTEND(HN, CC)                                                                         \
+    attend_heads(qh, kc, vc, is_bf16, table, seq_len, block_stride, head_off, bs, HN, CC,     \
+                 scale, oh)
+        switch (C * 8 + hn) {
+        case 4 * 8 + 1: ATTEND(1, 4); break;
+        case 4 * 8 + 2: ATTEND(2, 4); break;
+        case 4 * 8 + 3: ATTEND(3, 4); break;
+        case 4 * 8 + 4: ATTEND(4, 4); break;
+        case 8 * 8 + 1: ATTEND(1, 8); break;
+        case 8 * 8 + 2: ATTEND(2, 8); break;
+        default: ATTEND(hn, C); break;
+        }
+#undef ATTEND
+    }
+}
+#endif
+
+/* One query token per sequence over its paged history.
+ * q, out: [batch, heads, d] float32; tables: [batch, table_stride] int64;
+ * seq_lens: [batch] int64. Returns 0, or -1 if scratch memory ran out. */
+int paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
+                           int is_bf16, const int64_t *tables, int64_t table_stride,
+                           const int64_t *seq_lens, float *out, int batch, int heads,
+                           int kv_heads, int d, int bs, float scale, int threads) {
+    int g = heads / kv_heads;
+    int64_t block_stride = (int64_t)kv_heads * bs * d;
+    int failed = 0;
+#if defined(__AVX512F__)
+    if (d % 16 == 0 && d <= 16 * C_MAX) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+        for (int task = 0; task < batch * kv_heads; task++) {
+            int s = task / kv_heads, kvh = task % kv_heads;
+            int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
+            decode_group_v512(q + row, k_cache, v_cache, is_bf16,
+                              tables + (int64_t)s * table_stride, seq_lens[s], block_stride,
+                              (int64_t)kvh * bs * d, bs, d, g, scale, out + row);
+        }
+        return 0;
+    }
+#endif
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int task = 0; task < batch * kv_heads; task++) {
+        int s = task / kv_heads, kvh = task % kv_heads;
+        int64_t len = seq_lens[s];
+        float *scores = malloc(sizeof(float) * (size_t)g * (size_t)(len > 0 ? len : 1));
+        if (!scores) {
+            failed = 1;
+            continue;
+        }
+        int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
+        decode_group(q + row, k_cache, v_cache, is_bf16, tables + (int64_t)s * table_stride,
+                     len, block_stride, (int64_t)kvh * bs * d, bs, d, g, scale, scores,
+                     out + row);
+        free(scores);
+    }
+    return failed ? -1 : 0;
+}
+
+/* ---- small-M matmul on panel-packed weights, AVX-512 -----------------------
+ * out[M, N] = x[M, K] @ W[N, K]^T for the few rows of a decode step (4-64).
+ * W is packed as [ceil(N / 32)][K][32] (zero-padded): a panel of 32 output
+ * columns is one contiguous stream. oneDNN at these sizes runs its row blocks
+ * one after another over each panel, so the first block waits on memory and
+ * the others on the FMA units (measured: the sum of the two). Here every row
+ * block takes its turn on the same 64-deep slice of a panel while it sits in
+ * L1, and the next slice is prefetched meanwhile: the weight stream and the
+ * arithmetic overlap. */
+#if defined(__AVX512F__)
+#define NR 32
+#define MR 12
+#define KC 64
+
+/* acc(mr x 32) (+)= x[0:mr, 0:kc] @ panel[0:kc, :], acc kept in registers. */
+static inline __attribute__((always_inline)) void
+gemm_tile(const float *x, int64_t ldx, const float *panel, int kc, float *acc, int mr,
+          int first, const char *ahead) {
+    __m512 c0[MR], c1[MR];
+    for (int i = 0; i < mr; i++) {
+        c0[i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + i * NR);
+        c1[i] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(acc + i * NR + 16);
+    }
+    for (int k = 0; k < kc; k++) {
+        /* The next slice: 2 cache lines per k step, 128 bytes ahead of need. */
+        __builtin_prefetch(ahead + k * NR * 4, 0, 3);
+        __builtin_prefetch(ahead + k * NR * 4 + 64, 0, 3);
+        __m512 b0 = _mm512_loadu_ps(panel + k * NR), b1 = _mm512_loadu_ps(panel + k * NR + 16);
+        for (int i = 0; i < mr; i++) {
+            __m512 a = _mm512_set1_ps(x[i * ldx + k]);
+            c0[i] = _mm512_fmadd_ps(a, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(a, b1, c1[i]);
+        }
+    }
+    for (int i = 0; i < mr; i++) {
+        _mm512_storeu_ps(acc + i * NR, c0[i]);
+        _mm512_storeu_ps(acc + i * NR + 16, c1[i]);
+    }
+}
+
+static void gemm_rows(const float *x, int64_t ldx, const float *panel, int kc, float *acc,
+                      int mr, int first, const char *ahead) {
+    switch (mr) {
+#define ROWS(R) case R: gemm_tile(x, ldx, panel, kc, acc, R, first, ahead); break;
+        ROWS(1) ROWS(2) ROWS(3) ROWS(4) ROWS(5) ROWS(6)
+        ROWS(7) ROWS(8) ROWS(9) ROWS(10) ROWS(11) ROWS(12)
+#undef ROWS
+    }
+}
+
+#define GEMM_MAX_M 64
+
+/* out[M, N] = x[M, K] @ W^T (+ bias), W packed as above; M <= GEMM_MAX_M. */
+int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const float *bias,
+                int64_t N, float *out, int threads) {
+    if (M > GEMM_MAX_M) return -1;
+    if (M <= 0) return 0;
+    int64_t panels = (N + NR - 1) / NR;
+    /* even row blocks: 32 rows go as 11 + 11 + 10, not 12 + 12 + 8 */
+    int64_t blocks = (M + MR - 1) / MR, rows = (M + blocks - 1) / blocks;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t p = 0; p < panels; p++) {
+        float acc[GEMM_MAX_M * NR];
+        const float *panel = packed + p * K * NR;
+        for (int64_t k0 = 0; k0 < K; k0 += KC) {
+            int kc = K - k0 < KC ? (int)(K - k0) : KC;
+            /* after the panel's last slice comes the next panel's first */
+            const char *ahead = (const char *)(panel + (k0 + 2 * KC) * NR);
+            for (int64_t m0 = 0; m0 < M; m0 += rows) {
+                int mr = M - m0 < rows ? (int)(M - m0) : rows;
+                gemm_rows(x + m0 * K + k0, K, panel + k0 * NR, kc, acc + m0 * NR, mr, k0 == 0,
+                          ahead);
+            }
+        }
+        int64_t n0 = p * NR;
+        int cols = N - n0 < NR ? (int)(N - n0) : NR;
+        for (int64_t i = 0; i < M; i++)
+            for (int j = 0; j < cols; j++)
+                out[i * N + n0 + j] = acc[i * NR + j] + (bias ? bias[n0 + j] : 0.0f);
+    }
+    return 0;
+}
+#else
+int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const float *bias,
+                int64_t N, float *out, int threads) {
+    (void)x, (void)M, (void)K, (void)packed, (void)bias, (void)N, (void)out, (void)threads;
+    return -1; /* no vector path: callers keep to torch */
+}
+#endif
