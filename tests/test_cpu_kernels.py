@@ -183,6 +183,38 @@ def test_fused_ops_defer_to_torch_for_other_dtypes():
     torch.testing.assert_close(FUSED.rms_norm(x, w, 1e-6), REFERENCE.rms_norm(x, w, 1e-6))
 
 
+# -- matmuls on packed weights ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", [1, 3, 4, 11, 12, 13, 32, 48, 49, 100])
+@pytest.mark.parametrize("out_features,bias", [(37, True), (64, False)])
+def test_packed_linear_matches_f_linear(rows, out_features, bias):
+    from candle_agents.engine.layers.linear import PackedLinear, pack_linears
+
+    torch.manual_seed(rows)
+    model = torch.nn.Sequential(torch.nn.Linear(72, out_features, bias=bias))
+    weight, b = model[0].weight.detach().clone(), model[0].bias
+    assert pack_linears(model) == 1 and isinstance(model[0], PackedLinear)
+    x = torch.randn(rows, 72)
+    expected = torch.nn.functional.linear(x, weight, b)
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model(x.view(1, rows, 72)), expected[None], rtol=1e-5, atol=1e-5)
+
+
+def test_packing_keeps_a_weight_shared_with_another_module():
+    from candle_agents.engine.layers.linear import pack_linears
+
+    embed = torch.nn.Embedding(50, 16)
+    head = torch.nn.Linear(16, 50, bias=False)
+    head.weight = embed.weight  # tied, as in SmolLM2
+    alone = torch.nn.Linear(16, 8)
+    model = torch.nn.ModuleDict({"embed": embed, "head": head, "alone": alone})
+    pack_linears(model)
+    assert embed.weight.shape == (50, 16)  # still there for the embedding lookup
+    ids = torch.tensor([3, 7])
+    torch.testing.assert_close(model["head"](embed(ids)), embed(ids) @ embed.weight.T)
+
+
 @pytest.mark.parametrize(
     "env,expected",
     [
