@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from candle_agents import Engine, GenerationParams
+from candle_agents.engine import cpu_kernels
 from candle_agents.engine.loader import DEFAULT_MODEL, default_gguf_path
 
 TEXT = (
@@ -127,6 +128,7 @@ def main() -> None:
     warm = [(make_prompt(engine.tokenizer, 16, 0), 4)]
     run_ours(engine, warm)
     run_transformers(reference, warm, 1, pad_id)
+    cpu_kernels.release_thread_pool()
 
     print(
         f"model {args.model or DEFAULT_MODEL}, {args.dtype}, torch {torch.__version__}, "
@@ -143,6 +145,11 @@ def main() -> None:
         ours_s, useful = run_ours(engine, load)
         steps_s, fwd_s = engine.stats.step_time - s0, engine.stats.forward_time - f0
         hf_s, _ = run_transformers(reference, load, 32, pad_id)
+        # libgomp stops spinning idle workers when it manages more threads than
+        # CPUs, so each side runs with the other's OpenMP pool released, as it
+        # would alone: the engine frees its own when idle, this frees the main
+        # thread's (transformers') before the engine's next run.
+        cpu_kernels.release_thread_pool()
         ours_tps, hf_tps = useful / ours_s, useful / hf_s
         figures[name] = {
             "requests": len(load),

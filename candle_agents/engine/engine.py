@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from candle_agents.engine import cpu_kernels
 from candle_agents.engine.block_manager import BlockManager
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.detokenizer import IncrementalDetokenizer
@@ -80,6 +81,10 @@ class Engine:
             config.enable_chunked_prefill,
         )
         self.sampler = Sampler(self.runner.device, config.seed)
+        if self.runner.device.type == "cpu":
+            # Loading ran parallel regions on this thread; its idle OpenMP pool
+            # would make libgomp stop spinning the engine thread's workers.
+            cpu_kernels.release_thread_pool()
         self._requests: dict[str, tuple[Sequence, SyncSink | AsyncSink]] = {}
         self._inbox: deque[tuple[str, Any]] = deque()
         self._wake = threading.Event()
@@ -320,6 +325,10 @@ class Engine:
                 if not self._inbox:
                     if not self._requests:
                         self._idle.set()
+                    if self.runner.device.type == "cpu":
+                        # An idle engine holds no spinning-capable OpenMP pool:
+                        # other threads' torch work runs as if it were alone.
+                        cpu_kernels.release_thread_pool()
                     self._wake.wait()
                     self._wake.clear()
                 continue

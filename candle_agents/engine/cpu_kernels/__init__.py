@@ -108,6 +108,7 @@ def _open(path: Path) -> bool:
         "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
         "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
         "gemm_packed": (i32, [ptr, i64, i64, ptr, ptr, i64, ptr, i32]),
+        "release_thread_pool": (i32, []),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -295,6 +296,18 @@ def gemm_packed(
         _threads(),
     )
     return out if rc == 0 else None
+
+
+def release_thread_pool() -> bool:
+    """Free the calling thread's OpenMP workers (see kernels.c); True if released.
+
+    libgomp stops spinning idle workers between parallel regions once it
+    manages more threads than CPUs, and each region then pays a wake-up: an
+    engine computing on its own thread runs 20-25% faster at decode batch
+    sizes with the loading thread's pool gone. Later torch work on this thread
+    starts a new pool; that costs speed, not correctness.
+    """
+    return available() and _lib.release_thread_pool() == 0
 
 
 def _threads() -> int:

@@ -519,3 +519,21 @@ int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const
     return -1; /* no vector path: callers keep to torch */
 }
 #endif
+
+/* ---- OpenMP thread pools ---------------------------------------------------
+ * libgomp keeps one pool of workers per thread that has opened a parallel
+ * region, and once it manages more threads than there are CPUs it stops
+ * spinning between regions: every region then pays a futex wake-up (50-100 us
+ * on a VM). Loading a model on the caller's thread leaves such a pool behind
+ * while the engine computes on its own thread; releasing the caller's pool
+ * keeps the engine's workers spinning. Returns 0 when released. */
+#if defined(_OPENMP) && defined(__GNUC__)
+/* OpenMP 5.0; declared here because compilers that ship it still define
+ * _OPENMP as 4.5. Weak: an older runtime without it leaves this null. */
+extern int omp_pause_resource_all(int kind) __attribute__((weak));
+int release_thread_pool(void) {
+    return omp_pause_resource_all ? omp_pause_resource_all(1 /* omp_pause_soft */) : -1;
+}
+#else
+int release_thread_pool(void) { return -1; }
+#endif
