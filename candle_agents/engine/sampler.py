@@ -1,7 +1,7 @@
 """Batched sampling: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
 
 Rows are processed together wherever their parameters allow; work that only
-some rows need (penalties, seeded noise, logprobs) touches only those rows.
+some rows need (penalties, seeded draws, logprobs) touches only those rows.
 A seeded request draws from its own generator, one uniform number per token,
 so its text does not depend on what else shares the batch.
 """

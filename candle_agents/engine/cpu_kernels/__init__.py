@@ -262,7 +262,6 @@ def rotary_(
 # -- small-M float32 matmul on panel-packed weights ------------------------------
 
 PANEL = 32  # output columns per panel (kernels.c: NR)
-GEMM_MAX_ROWS = 64  # kernels.c: GEMM_MAX_M
 
 
 def pack_panels(weight: torch.Tensor) -> torch.Tensor:
@@ -278,7 +277,7 @@ def pack_panels(weight: torch.Tensor) -> torch.Tensor:
 def gemm_packed(
     x: torch.Tensor, panels: torch.Tensor, bias: torch.Tensor | None, n: int
 ) -> torch.Tensor | None:
-    """``x @ W.T (+ bias)`` for a contiguous float32 ``x`` of at most 64 rows.
+    """``x @ W.T (+ bias)`` for a contiguous float32 ``x`` of at most 64 rows (GEMM_MAX_M).
 
     ``panels`` comes from ``pack_panels(W)``; ``n`` is W's row count. Returns
     None where the library has no vector path for this CPU.

@@ -51,7 +51,7 @@ class PackedLinear(nn.Module):
             out = cpu_kernels.gemm_packed(
                 x2.contiguous(), self.panels, self.linear.bias, self.out_features
             )
-        elif self.onednn is not None and (rows >= ONEDNN_MIN_ROWS or self.panels is not None):
+        elif self.onednn is not None and rows >= ONEDNN_MIN_ROWS:
             out = torch.ops.mkldnn._linear_pointwise(
                 x2, self.onednn, self.linear.bias, "none", [None], ""
             )
