@@ -40,6 +40,32 @@ def prompt_text() -> str:
 # -- sampling ---------------------------------------------------------------------------
 
 
+def test_logit_bias_forces_and_bans_tokens(engine):
+    base = engine.generate(prompt_text(), GenerationParams(max_tokens=4, temperature=0.0))
+    forced = engine.generate(
+        prompt_text(),
+        GenerationParams(max_tokens=4, temperature=0.0, ignore_eos=True, logit_bias={7: 100.0}),
+    )
+    assert forced.token_ids == [7, 7, 7, 7]
+    first = base.token_ids[0]
+    banned = engine.generate(
+        prompt_text(), GenerationParams(max_tokens=4, temperature=0.0, logit_bias={first: -100.0})
+    )
+    assert first not in banned.token_ids
+    with pytest.raises(ConfigError) as info:
+        engine.generate(prompt_text(), GenerationParams(logit_bias={10**9: 1.0}))
+    assert info.value.field == "logit_bias"
+
+
+def test_vanishing_temperature_and_top_p_are_greedy(engine):
+    greedy = engine.generate(prompt_text(), GREEDY)
+    for params in (
+        GenerationParams(max_tokens=24, temperature=5e-324, ignore_eos=True),
+        GenerationParams(max_tokens=24, temperature=1.0, top_p=5e-324, ignore_eos=True, seed=3),
+    ):
+        assert engine.generate(prompt_text(), params).token_ids == greedy.token_ids
+
+
 def test_seeded_sample_is_the_same_alone_and_in_a_busy_batch(engine):
     params = GenerationParams(max_tokens=24, temperature=1.0, top_p=0.95, seed=1234)
     alone = engine.generate(prompt_text(), params)

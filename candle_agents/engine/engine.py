@@ -12,6 +12,7 @@ import uuid
 import weakref
 from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future
 from typing import Any
 
 import torch
@@ -20,13 +21,14 @@ from candle_agents.engine import cpu_kernels
 from candle_agents.engine.block_manager import BlockManager
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.detokenizer import IncrementalDetokenizer
+from candle_agents.engine.grammar import GrammarCompiler, TokenMasks
 from candle_agents.engine.loader import open_checkpoint
 from candle_agents.engine.model_runner import ModelRunner, resolve_device
 from candle_agents.engine.outputs import GenerationResult, StreamDelta, TokenLogprob, Usage
 from candle_agents.engine.params import GenerationParams
 from candle_agents.engine.requests import AsyncSink, RequestStream, SyncSink, iterate_sync
 from candle_agents.engine.sampler import Sampler
-from candle_agents.engine.scheduler import Scheduler
+from candle_agents.engine.scheduler import ScheduledBatch, Scheduler
 from candle_agents.engine.sequence import Sequence
 from candle_agents.engine.tokenizer import TextTokenizer
 from candle_agents.errors import (
@@ -81,6 +83,9 @@ class Engine:
             config.enable_chunked_prefill,
         )
         self.sampler = Sampler(self.runner.device, config.seed)
+        # Built on the first constrained request (its tokenizer index takes ~0.25 s).
+        self._grammars: GrammarCompiler | None = None
+        self._grammars_lock = threading.Lock()
         if self.runner.device.type == "cpu":
             # Loading ran parallel regions on this thread; its idle OpenMP pool
             # would make libgomp stop spinning the engine thread's workers.
@@ -212,6 +217,8 @@ class Engine:
         self._post("shutdown", None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
+        if self._grammars is not None:
+            self._grammars.close()
         with _shared_lock:
             for key, engine in list(_shared.items()):
                 if engine is self:
@@ -230,6 +237,28 @@ class Engine:
     @property
     def num_blocks(self) -> int:
         return self.block_manager.num_blocks
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the engine loop is running and accepting requests."""
+        return not self._closed and self._thread.is_alive()
+
+    @property
+    def num_running(self) -> int:
+        """Requests holding KV blocks and generating (read without a lock: approximate)."""
+        return len(self.scheduler.running)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests submitted but not yet running, including those still in the inbox."""
+        return len(self.scheduler.waiting) + sum(
+            len(p) for kind, p in list(self._inbox) if kind == "add"
+        )
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Share of KV blocks in use, 0..1."""
+        return 1.0 - self.block_manager.num_free_blocks / max(1, self.block_manager.num_blocks)
 
     # -- submission (caller's thread) ----------------------------------------------------
 
@@ -265,6 +294,13 @@ class Engine:
                 f"the prompt has {len(ids)} tokens but this engine's max_model_len is "
                 f"{self.max_model_len} (prompt plus at least one new token): shorten it"
             )
+        vocab = self.runner.model.vocab_size
+        bad = [t for t in params.logit_bias if t >= vocab]
+        if bad:
+            raise ConfigError(
+                f"logit_bias names token id {bad[0]}, outside the vocabulary [0, {vocab})",
+                field="logit_bias",
+            )
         rid = request_id or f"req-{uuid.uuid4().hex[:16]}"
         if rid in self._requests:
             raise ConfigError(f"request_id {rid!r} is already in use", field="request_id")
@@ -280,7 +316,17 @@ class Engine:
         )
         if params.seed is not None:
             seq.generator = torch.Generator(device=self.runner.device).manual_seed(params.seed)
+        if params.grammar is not None:
+            # Compiled (or found in the cache) here, so a bad grammar fails in
+            # the caller's thread and nothing is queued.
+            seq.matcher = self._grammar_compiler().compile(params.grammar)
         return seq
+
+    def _grammar_compiler(self) -> GrammarCompiler:
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = GrammarCompiler(self.tokenizer.tokenizer, self.eos_token_ids)
+            return self._grammars
 
     def _register(self, seqs: list[Sequence], sinks: list[SyncSink | AsyncSink]) -> None:
         ids = [s.request_id for s in seqs]
@@ -363,13 +409,24 @@ class Engine:
         if fresh:
             self.runner.zero_blocks(fresh)
         t1 = time.perf_counter()
-        logits, sampling = self.runner.execute(batch)
+        # Grammar masks for the rows that sample this step are filled on a worker
+        # thread during the forward pass (llguidance releases the GIL).
+        pending = self._start_masks(batch)
+        try:
+            logits, sampling = self.runner.execute(batch)
+        finally:
+            masks = pending[1].result() if pending is not None else None
         self.stats.forward_time += time.perf_counter() - t1
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
             self.block_manager.register_computed(seq)
         to_sample = [batch.seqs[i] for i in sampling]
-        out = self.sampler(logits, to_sample) if to_sample else None
+        constrained = [s for s in to_sample if s.matcher is not None]
+        if not constrained:
+            masks = None
+        elif pending is None or pending[0] != constrained:  # not foreseen: fill them now
+            masks = self._grammar_compiler().fill_masks([s.matcher for s in constrained])
+        out = self.sampler(logits, to_sample, masks) if to_sample else None
         self.stats.record_step(sum(batch.num_new_tokens), len(to_sample), time.perf_counter() - t0)
         if out is None:
             return
@@ -377,12 +434,28 @@ class Engine:
         for seq, token, lp in zip(to_sample, out.token_ids, out.logprobs):
             self._append(seq, token, lp, now)
 
+    def _start_masks(
+        self, batch: ScheduledBatch
+    ) -> tuple[list[Sequence], Future[TokenMasks]] | None:
+        """Start filling the masks of the constrained sequences that sample this step."""
+        if self._grammars is None:
+            return None
+        seqs = [
+            s
+            for s, n in zip(batch.seqs, batch.num_new_tokens)
+            if s.matcher is not None and s.num_computed_tokens + n == s.num_tokens
+        ]
+        if not seqs:
+            return None
+        return seqs, self._grammars.start_fill([s.matcher for s in seqs])
+
     def _append(self, seq: Sequence, token: int, lp, now: float) -> None:
         if seq.first_token_time is None:
             seq.first_token_time = now
         seq.output_token_ids.append(token)
         p = seq.params
         finish = None
+        flush = False  # release text held back for a possible stop string
         text = ""
         if token in p.stop_token_ids:
             finish, seq.stop_reason = "stop", token
@@ -395,7 +468,13 @@ class Engine:
             elif (
                 len(seq.output_token_ids) >= p.max_tokens or seq.num_tokens >= seq.max_total_tokens
             ):
-                finish = "length"
+                finish, flush = "length", True
+            if (
+                seq.matcher is not None
+                and seq.detokenizer.stop_string is None
+                and self._advance_grammar(seq, token)
+            ):
+                finish, flush = "stop", True
         logprobs = None
         if lp is not None:
             entry = TokenLogprob(
@@ -408,12 +487,30 @@ class Engine:
         if finish is None:
             self._deliver(seq, StreamDelta(seq.request_id, text, [token], logprobs))
             return
-        text += seq.detokenizer.flush() if finish == "length" else ""
+        text += seq.detokenizer.flush() if flush else ""
         self._finish(seq, finish, text, [token], logprobs)
+
+    def _advance_grammar(self, seq: Sequence, token: int) -> bool:
+        """Feed the sampled token to the request's grammar; True when it must stop."""
+        matcher = seq.matcher
+        if not matcher.consume_token(token):
+            # Tokens are masked, so only a bug or a state the mask could not
+            # express gets here: end the request rather than the loop.
+            logger.warning(
+                "request %s: the grammar rejected token %d (%s); finishing it",
+                seq.request_id,
+                token,
+                matcher.get_error(),
+            )
+            return True
+        # Complete: nothing but EOS may follow, so there is no need to sample it
+        # (with ignore_eos too: the grammar has the last word).
+        return matcher.is_stopped()
 
     def _finish(self, seq, reason, text="", token_ids=None, logprobs=None) -> None:
         self.scheduler.finish(seq)
         seq.finish_reason = reason
+        seq.matcher = None
         usage = Usage(seq.num_prompt_tokens, len(seq.output_token_ids), seq.cached_tokens or 0)
         self.stats.record_finish(seq, usage)
         delta = StreamDelta(
@@ -430,6 +527,7 @@ class Engine:
     def _fail_all(self, error: CandleError) -> None:
         for seq, sink in list(self._requests.values()):
             self.scheduler.finish(seq)
+            seq.matcher = None
             sink.put(error)
         self._requests.clear()
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from candle_agents.engine.grammar import Grammar
 from candle_agents.errors import ConfigError
+
+# Below this a temperature is taken as 0 (greedy), as vLLM does.
+MIN_TEMPERATURE = 1e-5
 
 
 @dataclass
@@ -13,7 +17,10 @@ class GenerationParams:
 
     ``temperature=0`` is greedy decoding. ``seed`` makes a sampled request
     reproducible whatever else shares its batch. ``stop`` strings are never
-    part of the returned text.
+    part of the returned text. ``logit_bias`` adds to the logits of the given
+    token ids before sampling (-100 bans, +100 forces). ``grammar`` constrains
+    the output (JSON schema, Lark, regex); the request stops with
+    finish_reason "stop" once it is complete.
     """
 
     max_tokens: int = 256
@@ -32,8 +39,14 @@ class GenerationParams:
     logprobs: bool = False
     top_logprobs: int = 0
     skip_special_tokens: bool = True
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: Grammar | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.temperature, (int, float)) and 0 < self.temperature < MIN_TEMPERATURE:
+            # Dividing logits by a vanishing temperature overflows to inf and
+            # NaN; the distribution it stands for is the greedy one anyway.
+            self.temperature = 0.0
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [s for s in self.stop if s]
@@ -55,9 +68,9 @@ class GenerationParams:
             )
         if not 0.0 <= self.min_p <= 1.0:
             raise ConfigError(f"min_p={self.min_p} must be in [0, 1]", field="min_p")
-        if self.repetition_penalty <= 0.0:
+        if not 0.01 <= self.repetition_penalty <= 100.0:
             raise ConfigError(
-                f"repetition_penalty={self.repetition_penalty} must be > 0",
+                f"repetition_penalty={self.repetition_penalty} must be in [0.01, 100]",
                 field="repetition_penalty",
             )
         for name in ("frequency_penalty", "presence_penalty"):
@@ -75,6 +88,26 @@ class GenerationParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int)
         ):
             raise ConfigError(f"seed={self.seed!r} must be an int", field="seed")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:
+            raise ConfigError(
+                f"seed={self.seed} must fit in 64 bits: [-2**63, 2**64)", field="seed"
+            )
+        for token, bias in self.logit_bias.items():
+            if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+                raise ConfigError(
+                    f"logit_bias keys must be token ids (ints >= 0), got {token!r}",
+                    field="logit_bias",
+                )
+            if not -100.0 <= bias <= 100.0:
+                raise ConfigError(
+                    f"logit_bias[{token}]={bias} must be in [-100, 100]", field="logit_bias"
+                )
+        if self.grammar is not None and not isinstance(self.grammar, Grammar):
+            raise ConfigError(
+                f"grammar must be a Grammar (Grammar.json_schema(...), .json_object(), "
+                f".lark(...), .regex(...)), got {type(self.grammar).__name__}",
+                field="grammar",
+            )
 
     @property
     def greedy(self) -> bool:

@@ -1,7 +1,8 @@
-"""Batched sampling: penalties, temperature, top-k/top-p/min-p, seeds, logprobs.
+"""Batched sampling: penalties, grammars, temperature, top-k/top-p/min-p, seeds, logprobs.
 
 Rows are processed together wherever their parameters allow; work that only
-some rows need (penalties, seeded draws, logprobs) touches only those rows.
+some rows need (penalties, grammar masks, seeded draws, logprobs) touches only
+those rows.
 A seeded request draws from its own generator, one uniform number per token,
 so its text does not depend on what else shares the batch.
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from candle_agents.engine.grammar import TokenMasks, apply_token_masks
 from candle_agents.engine.sequence import Sequence
 
 
@@ -32,14 +34,23 @@ class Sampler:
             self.generator.seed()
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleOutput:
-        """``logits``: float32 [len(seqs), vocab], the sampler's to modify in place."""
+    def __call__(
+        self, logits: torch.Tensor, seqs: list[Sequence], masks: TokenMasks | None = None
+    ) -> SampleOutput:
+        """``logits``: float32 [len(seqs), vocab], the sampler's to modify in place.
+
+        ``masks`` holds one row per sequence with a grammar matcher, in order.
+        Logprobs are those of the raw distribution, before any of this.
+        """
         n = len(seqs)
         want_lp = [i for i, s in enumerate(seqs) if s.params.needs_logprobs]
         raw_logprobs = torch.log_softmax(logits[want_lp], dim=-1) if want_lp else None
 
         logits = self._apply_penalties(logits, seqs)
+        self._apply_logit_bias(logits, seqs)
         logits = self._block_early_stop(logits, seqs)
+        if masks is not None:
+            self._apply_grammars(logits, seqs, masks)
 
         temps = [s.params.temperature for s in seqs]
         greedy_rows = [i for i, t in enumerate(temps) if t == 0.0]
@@ -96,6 +107,18 @@ class Sampler:
                 )
         return logits
 
+    def _apply_logit_bias(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+        rows: list[int] = []
+        cols: list[int] = []
+        vals: list[float] = []
+        for i, s in enumerate(seqs):
+            for token, bias in s.params.logit_bias.items():
+                rows.append(i)
+                cols.append(token)
+                vals.append(bias)
+        if rows:
+            logits[rows, cols] += torch.tensor(vals, dtype=logits.dtype, device=logits.device)
+
     def _block_early_stop(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Forbid end-of-sequence tokens until ``min_tokens`` (or always, with ignore_eos)."""
         rows: list[int] = []
@@ -116,6 +139,42 @@ class Sampler:
             return logits
         logits[rows, cols] = float("-inf")
         return logits
+
+    def _apply_grammars(
+        self, logits: torch.Tensor, seqs: list[Sequence], masks: TokenMasks
+    ) -> None:
+        rows = [i for i, s in enumerate(seqs) if s.matcher is not None]
+        if len(rows) != masks.bitmask.shape[0]:
+            raise RuntimeError(f"{masks.bitmask.shape[0]} grammar masks for {len(rows)} rows")
+        if not rows:
+            return
+        apply_token_masks(logits, rows, masks)
+        # A row left with no token at all would sample garbage. Only two things
+        # can do that: the grammar allows nothing, or min_tokens / ignore_eos
+        # forbade the only tokens it allows (EOS, stop tokens). Check just those
+        # rows; where it happened the grammar wins, its tokens equally likely
+        # (or EOS where it allows none: the request then ends).
+        empty = (masks.bitmask == 0).all(dim=1).tolist()
+        suspects = [
+            j
+            for j, i in enumerate(rows)
+            if empty[j]
+            or seqs[i].params.ignore_eos
+            or len(seqs[i].output_token_ids) < seqs[i].params.min_tokens
+        ]
+        if not suspects:
+            return
+        best = logits[[rows[j] for j in suspects]].amax(dim=-1).tolist()
+        for j, b in zip(suspects, best):
+            if b != float("-inf"):
+                continue
+            i = rows[j]
+            row = torch.zeros_like(logits[i : i + 1])
+            if empty[j]:
+                row[0, [t for t in seqs[i].eos_token_ids if t < row.shape[1]]] = 1e9
+            else:
+                apply_token_masks(row, [0], masks._replace(bitmask=masks.bitmask[j : j + 1]))
+            logits[i] = row[0]
 
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         temps = torch.tensor(
@@ -163,5 +222,6 @@ def _top_k_top_p(logits: torch.Tensor, top_ks: list[int], top_ps: list[float]) -
     # Keep the smallest set whose mass reaches p: a token goes if the mass before it does.
     before = probs.cumsum(dim=-1) - probs
     drop |= before >= p[:, None]
+    drop[:, 0] = False  # the most likely token always stays (top_p may round to 0)
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)

@@ -12,6 +12,8 @@ import torch
 from candle_agents.engine.params import GenerationParams
 
 if TYPE_CHECKING:
+    from llguidance import LLMatcher
+
     from candle_agents.engine.detokenizer import IncrementalDetokenizer
 
 
@@ -28,7 +30,8 @@ class Sequence:
     ``num_computed_tokens`` counts tokens whose KV is in the cache. Each step
     brings it closer to ``num_tokens``; when it reaches it, a token is sampled.
     Preemption resets it to 0 and frees ``block_table``; outputs are kept, so
-    the request resumes where it was.
+    the request resumes where it was (and ``matcher``, which has consumed
+    exactly the outputs, stays valid).
     """
 
     request_id: str
@@ -46,6 +49,7 @@ class Sequence:
     cached_tokens: int | None = None  # prefix-cache hit of the first scheduling
     num_preemptions: int = 0
     generator: torch.Generator | None = None
+    matcher: LLMatcher | None = None  # the grammar's state, for constrained requests
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     finish_reason: str | None = None
