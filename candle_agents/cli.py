@@ -1,9 +1,10 @@
-"""The `candle-agents` command: generate, chat, models."""
+"""The `candle-agents` command: generate, chat, models, serve."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from candle_agents.errors import CandleError
@@ -37,7 +38,97 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(chat)
     _sampling_args(chat, 512)
     sub.add_parser("models", help="list the models usable by name")
+    _serve_args(sub)
     return parser
+
+
+def _serve_args(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="an OpenAI-compatible HTTP server with a chat UI (needs the [server] extra)",
+        description="Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI's "
+        "API, streaming over SSE), /health, /metrics, API docs at /docs and a chat UI at /.",
+    )
+    _engine_args(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    serve.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $CANDLE_AGENTS_API_KEY)",
+    )
+    serve.add_argument(
+        "--served-model-name",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="name(s) clients use for the model; the first is reported in responses",
+    )
+    serve.add_argument("--max-num-seqs", type=int, default=None, help="requests run at once")
+    serve.add_argument(
+        "--kv-cache-memory",
+        type=parse_memory,
+        default=None,
+        help="KV-cache size: bytes (1073741824), a size (512MiB, 2GiB, 1.5G) "
+        "or a fraction of free memory (0.1 or 10%%)",
+    )
+    serve.add_argument(
+        "--max-waiting",
+        type=int,
+        default=256,
+        help="queued requests beyond which new ones get 503 (default 256)",
+    )
+    serve.add_argument(
+        "--cors-origin",
+        action="append",
+        default=None,
+        metavar="ORIGIN",
+        help="allow browser calls from this origin (repeatable; '*' for any)",
+    )
+    serve.add_argument(
+        "--tool-parser", default=None, help="tool-call format (default: from the chat template)"
+    )
+    # SUPPRESS: when absent, the top-level --log-level stays in force.
+    serve.add_argument("--log-level", default=argparse.SUPPRESS, help="debug, info, warning...")
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4}
+
+
+def parse_memory(text: str) -> int | float:
+    """A KV-cache size: "1073741824", "512MiB", "2 GB", "1.5g", "0.1" or "10%".
+
+    Fractions (at most 1, or a percentage) are shares of free memory; anything
+    else is bytes. "MB" is 10**6 bytes, "MiB" and a bare "M" are 2**20.
+    """
+    value = text.strip().replace("_", "")
+    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(%|[kmgt]?)(i?)(b?)", value, re.IGNORECASE)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a memory size: use bytes (1073741824), a size with a unit "
+            "(512MiB, 2GiB, 1.5G) or a fraction of free memory (0.1 or 10%)"
+        )
+    number, unit, binary, byte = match.groups()
+    amount = float(number)
+    if unit == "%":
+        if binary or byte or not 0 < amount <= 100:
+            raise argparse.ArgumentTypeError(f"{text!r}: a percentage must be in (0, 100]")
+        return amount / 100
+    if not unit and not binary and not byte and "." in number:
+        if not 0 < amount <= 1:
+            raise argparse.ArgumentTypeError(
+                f"{text!r}: a fraction of free memory must be in (0, 1]; give bytes as an integer"
+            )
+        return amount
+    if not unit and binary:
+        raise argparse.ArgumentTypeError(f"{text!r}: 'i' needs a unit before it (KiB, MiB, GiB)")
+    key = unit.lower()
+    # A bare letter (512M) is read as binary, as memory sizes usually are.
+    scale = 1024 ** list(_UNITS).index(key) if binary or not byte else _UNITS[key]
+    size = int(amount * scale)
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the size must be at least one byte")
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models()
+        if args.command == "serve":
+            return _serve(args)
         engine = _load(args)
         with engine:
             return _generate(engine, args) if args.command == "generate" else _chat(engine, args)
@@ -54,6 +147,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        from candle_agents.server.serve import run
+    except ImportError as exc:
+        print(
+            f"error: `serve` needs the server extra ({exc}): pip install 'candle-agents[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    return run(args)
 
 
 def _load(args: argparse.Namespace):
