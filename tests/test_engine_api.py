@@ -40,6 +40,24 @@ def prompt_text() -> str:
 # -- sampling ---------------------------------------------------------------------------
 
 
+def test_text_held_for_a_stop_string_is_released_when_a_stop_token_ends_it(engine):
+    plain = engine.generate(prompt_text(), GREEDY)
+    end = plain.token_ids[5]
+    ended = engine.generate(
+        prompt_text(), GenerationParams(max_tokens=24, temperature=0.0, stop_token_ids=[end])
+    )
+    text = engine.detokenize(plain.token_ids[:5])
+    assert ended.text == text
+    # A stop string that the last characters could begin holds them back until the end.
+    held = engine.generate(
+        prompt_text(),
+        GenerationParams(
+            max_tokens=24, temperature=0.0, stop_token_ids=[end], stop=[text[-1] + "\x00"]
+        ),
+    )
+    assert held.text == text
+
+
 def test_logit_bias_forces_and_bans_tokens(engine):
     base = engine.generate(prompt_text(), GenerationParams(max_tokens=4, temperature=0.0))
     forced = engine.generate(

@@ -457,10 +457,12 @@ class Engine:
         finish = None
         flush = False  # release text held back for a possible stop string
         text = ""
+        # Ending on a token: text held back as a possible start of a stop
+        # string never became one, so it is released (flush).
         if token in p.stop_token_ids:
-            finish, seq.stop_reason = "stop", token
+            finish, flush, seq.stop_reason = "stop", True, token
         elif token in seq.eos_token_ids and not p.ignore_eos:
-            finish = "stop"
+            finish, flush = "stop", True
         else:
             text = seq.detokenizer.add(token)
             if seq.detokenizer.stop_string is not None:
