@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -22,8 +22,12 @@ from candle_agents.engine import Engine, GenerationParams, StreamDelta, TokenLog
 from candle_agents.engine.grammar import Grammar
 from candle_agents.engine.requests import RequestStream
 from candle_agents.errors import CandleError
-from candle_agents.openai.chat import build_messages, offered_tools, render_prompt
-from candle_agents.openai.chat import template_supports_tools as _native
+from candle_agents.openai.chat import (
+    build_messages,
+    offered_tools,
+    render_prompt,
+    template_supports_tools,
+)
 from candle_agents.openai.errors import OpenAIError
 from candle_agents.openai.protocol import (
     ChatChoice,
@@ -71,7 +75,6 @@ class _Plan:
     parser: ToolParser | None = None  # set when tools are offered
     tools: list[dict[str, Any]] | None = None
     prompt_index: int = 0
-    streams: list[RequestStream] = field(default_factory=list)
 
 
 class OpenAIAdapter:
@@ -96,7 +99,7 @@ class OpenAIAdapter:
             served_model_name = [served_model_name]
         self.model_names: list[str] = list(served_model_name or [engine.model_name])
         template = engine.tokenizer.info.chat_template
-        self.native_tools = _native(template)
+        self.native_tools = template_supports_tools(template)
         self.tool_parser = get_tool_parser(tool_parser or detect_tool_parser(template))
         self.max_waiting = max_waiting
 
@@ -289,7 +292,7 @@ class OpenAIAdapter:
         req = _parse(CompletionRequest, request)
         plans = self._plan_completion(req)
         request_id = plans[0].request_id
-        submitted = [self._submit(p) for p in plans]
+        submitted = self._submit_all(plans)
         try:
             per_plan = await asyncio.gather(*(_collect_all(s) for s in submitted))
         finally:
@@ -298,10 +301,10 @@ class OpenAIAdapter:
                     s.close()
         choices, all_results = [], []
         for plan, results in zip(plans, per_plan):
+            echo = self._echo(req, plan)
             for i, deltas in enumerate(results):
                 all_results.append(deltas)
                 text = "".join(d.text for d in deltas)
-                echo = self._echo(req, plan)
                 choices.append(
                     CompletionChoice(
                         index=plan.prompt_index * req.n + i,
@@ -327,14 +330,7 @@ class OpenAIAdapter:
         """Validate and submit now; the returned iterator yields completion chunks."""
         req = _parse(CompletionRequest, request)
         plans = self._plan_completion(req)
-        streams: list[RequestStream] = []
-        try:
-            for plan in plans:
-                streams += self._submit(plan)
-        except BaseException:
-            for s in streams:
-                s.close()
-            raise
+        streams = [s for group in self._submit_all(plans) for s in group]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return _Chunks(self._completion_chunks(req, plans, streams, include_usage), streams)
 
@@ -520,6 +516,19 @@ class OpenAIAdapter:
         if req.logit_bias:
             kwargs["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
         return _guard(lambda: GenerationParams(**kwargs))
+
+    def _submit_all(self, plans: list[_Plan]) -> list[list[RequestStream]]:
+        """Submit every plan or none: a failure aborts what was already submitted."""
+        submitted: list[list[RequestStream]] = []
+        try:
+            for plan in plans:
+                submitted.append(self._submit(plan))
+        except BaseException:
+            for streams in submitted:
+                for s in streams:
+                    s.close()
+            raise
+        return submitted
 
     def _submit(self, plan: _Plan) -> list[RequestStream]:
         streams: list[RequestStream] = []

@@ -65,6 +65,7 @@ def build_messages(
     """The request's messages as the dicts a chat template reads."""
     out: list[dict[str, Any]] = []
     call_names: dict[str, str] = {}  # tool_call_id -> function name, for tool messages
+    results_turn: dict[str, Any] | None = None  # the user turn carrying tool results
     for i, msg in enumerate(request.messages):
         where = f"messages[{i}]"
         if isinstance(msg, SystemMessage):
@@ -87,13 +88,11 @@ def build_messages(
                 )
             else:
                 block = f"<tool_response>\n{text}\n</tool_response>"
-                prev = out[-1] if out else None
-                if prev is not None and prev.get("_tool_results"):
-                    prev["content"] += "\n" + block  # results of one turn's calls together
+                if results_turn is not None and out and out[-1] is results_turn:
+                    results_turn["content"] += "\n" + block  # one turn's results together
                 else:
-                    out.append({"role": "user", "content": block, "_tool_results": True})
-    for m in out:
-        m.pop("_tool_results", None)
+                    results_turn = {"role": "user", "content": block}
+                    out.append(results_turn)
     if tools and not native_tools:
         _describe_tools(out, parser.render_tools_prompt(tools))
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import ValidationError
@@ -69,11 +70,14 @@ class OpenAIError(CandleError):
 
     @classmethod
     def from_validation_error(cls, exc: ValidationError) -> OpenAIError:
-        first = exc.errors(include_url=False)[0]
-        param = _param_path(first.get("loc", ()))
-        msg = first.get("msg", "invalid value")
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, ") :]
+        return cls.from_error_details(exc.errors(include_url=False))
+
+    @classmethod
+    def from_error_details(cls, errors: Sequence[Mapping[str, Any]]) -> OpenAIError:
+        """A 400 naming the first bad field of pydantic's (or FastAPI's) error list."""
+        first = errors[0] if errors else {}
+        param = _param_path(tuple(first.get("loc", ())))
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         where = f"{param}: " if param else ""
         return cls(f"{where}{msg}", 400, param=param or None)
 
@@ -82,8 +86,8 @@ def _param_path(loc: tuple[Any, ...]) -> str:
     """("body", "messages", 0, "content") -> "messages[0].content"; union tags dropped."""
     parts: list[str] = []
     for item in loc:
-        if item == "body" and not parts:
-            continue
+        if item in ("body", "query", "path", "header") and not parts:
+            continue  # where FastAPI found the value, not part of its name
         if isinstance(item, int):
             parts.append(f"[{item}]")
         elif isinstance(item, str) and (

@@ -23,7 +23,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,11 +51,8 @@ logger = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).parent / "static"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
-# Which model a route's body is, to report validation errors the way the adapter does.
-_BODY_MODELS: dict[str, type[BaseModel]] = {
-    CHAT_PATH: ChatCompletionRequest,
-    COMPLETIONS_PATH: CompletionRequest,
-}
+# Routes whose body must be a JSON object.
+_BODY_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
 _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (the field is in `param`)"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
@@ -404,26 +401,18 @@ def _request_error(request: Request, exc: RequestValidationError) -> OpenAIError
     body = exc.body
     if loc == ("body",) and body is None:
         return OpenAIError("the request body is missing: send a JSON object", code="missing_body")
-    model = _BODY_MODELS.get(request.url.path)
-    if model is not None and isinstance(body, dict):
-        try:
-            model.model_validate(body)
-        except ValidationError as verr:
-            return OpenAIError.from_validation_error(verr)
-    if model is not None and isinstance(body, bytes | str) and not _is_json(request):
-        return OpenAIError(
-            "the request body must be JSON: send it with 'Content-Type: application/json'",
-            code="invalid_body",
-        )
-    if model is not None and not isinstance(body, dict):
+    if request.url.path in _BODY_PATHS and not isinstance(body, dict):
+        if isinstance(body, bytes | str) and not _is_json(request):
+            return OpenAIError(
+                "the request body must be JSON: send it with 'Content-Type: application/json'",
+                code="invalid_body",
+            )
         return OpenAIError(
             f"the request body must be a JSON object, got {_json_kind(body)}",
             code="invalid_body",
         )
-    # Not a body we re-check (query or path parameters): map FastAPI's own report.
-    param = _loc_path(loc)
-    message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-    return OpenAIError(f"{param}: {message}" if param else message, param=param or None)
+    # A field of the body (named as the adapter names it), or a query or path parameter.
+    return OpenAIError.from_error_details(errors)
 
 
 def _is_json(request: Request) -> bool:
@@ -434,14 +423,6 @@ def _is_json(request: Request) -> bool:
 def _json_kind(value: object) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return kinds.get(type(value), "a number" if isinstance(value, int | float) else "bytes")
-
-
-def _loc_path(loc: tuple[Any, ...]) -> str:
-    """("query", "limit") -> "limit"; ("body", "a", 0, "b") -> "a[0].b"."""
-    parts: list[str] = []
-    for item in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
-        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + str(item))
-    return "".join(parts)
 
 
 # -- middleware ---------------------------------------------------------------------------
