@@ -15,6 +15,16 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16")
     p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument(
+        "--attention-backend",
+        default="auto",
+        help="auto, cpu (C kernels), triton (CUDA) or torch (reference)",
+    )
+    p.add_argument(
+        "--enable-cuda-graph",
+        action="store_true",
+        help="replay decode steps from captured CUDA graphs (CUDA with triton only)",
+    )
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -165,7 +175,12 @@ def _load(args: argparse.Namespace):
     from candle_agents import Engine
 
     return Engine.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, max_model_len=args.max_model_len
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        attention_backend=args.attention_backend,
+        enable_cuda_graph=args.enable_cuda_graph,
     )
 
 

@@ -9,7 +9,7 @@ from candle_agents.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-ATTENTION_BACKENDS = ("auto", "torch", "cpu")
+ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 @dataclass(frozen=True)
@@ -22,8 +22,11 @@ class EngineConfig:
     the cache shares memory with everything else. ``max_num_batched_tokens`` is the
     per-step token budget shared by prefill chunks and decodes;
     ``prefill_chunk_size`` caps how much of one prompt a single step takes.
-    ``attention_backend`` "auto" takes the C kernels on CPU where they build,
-    else the torch reference ("torch", on any device).
+    ``attention_backend`` "auto" takes the triton kernels on CUDA, the C
+    kernels on CPU where they build, else the torch reference ("torch", on
+    any device). ``enable_cuda_graph`` replays decode steps of up to
+    ``cuda_graph_max_batch`` sequences from captured CUDA graphs (CUDA with
+    the triton backend only; ignored elsewhere, with a warning).
     """
 
     model: str | None = None
@@ -39,6 +42,8 @@ class EngineConfig:
     prefill_chunk_size: int = 512
     seed: int | None = None
     attention_backend: str = "auto"
+    enable_cuda_graph: bool = False
+    cuda_graph_max_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
@@ -51,7 +56,12 @@ class EngineConfig:
                 f"dtype={self.dtype!r} is not supported: use one of {', '.join(DTYPES)}",
                 field="dtype",
             )
-        for name in ("max_num_seqs", "max_num_batched_tokens", "prefill_chunk_size"):
+        for name in (
+            "max_num_seqs",
+            "max_num_batched_tokens",
+            "prefill_chunk_size",
+            "cuda_graph_max_batch",
+        ):
             _positive_int(name, getattr(self, name))
         if self.max_model_len is not None:
             _positive_int("max_model_len", self.max_model_len)
@@ -83,6 +93,11 @@ class EngineConfig:
                 f"attention_backend={self.attention_backend!r} is not supported: use one of "
                 f"{', '.join(ATTENTION_BACKENDS)}",
                 field="attention_backend",
+            )
+        if not isinstance(self.enable_cuda_graph, bool):
+            raise ConfigError(
+                f"enable_cuda_graph={self.enable_cuda_graph!r} must be True or False",
+                field="enable_cuda_graph",
             )
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int)

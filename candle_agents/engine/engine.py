@@ -217,6 +217,8 @@ class Engine:
         self._post("shutdown", None)
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
+            if not self._thread.is_alive():  # else a step may still be using the cache
+                self.runner.release()
         if self._grammars is not None:
             self._grammars.close()
         with _shared_lock:

@@ -10,12 +10,13 @@ import torch
 
 from candle_agents.engine.attention import AttentionMetadata, get_backend
 from candle_agents.engine.config import EngineConfig
+from candle_agents.engine.cuda_graph import CudaGraph, DecodeGraphs
 from candle_agents.engine.layers.decoder import ForwardContext
 from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
 from candle_agents.engine.models import model_class
 from candle_agents.engine.scheduler import ScheduledBatch
-from candle_agents.errors import DeviceError, ModelLoadError
+from candle_agents.errors import ConfigError, DeviceError, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,21 @@ class ModelRunner:
         # Any single sequence must fit in the cache alone, or it could never finish.
         self.max_model_len = min(self.max_model_len, self.num_blocks * self.block_size)
         self.model.init_rotary(self.max_model_len + 1, self.device)
+        self.graphs: DecodeGraphs | None = None
+        if config.enable_cuda_graph:
+            if self.device.type == "cuda" and self.backend.name == "triton":
+                try:
+                    self.enable_decode_graphs()
+                except (RuntimeError, torch.OutOfMemoryError) as exc:
+                    # Eager decoding is slower, never wrong: serve rather than fail.
+                    logger.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
+            else:
+                logger.warning(
+                    "enable_cuda_graph is ignored: CUDA graphs need device cuda and the "
+                    "triton attention backend (this engine has %s and %s)",
+                    self.device,
+                    self.backend.name,
+                )
 
     # -- setup ---------------------------------------------------------------------
 
@@ -163,6 +179,40 @@ class ModelRunner:
         )
         return num_blocks, caches
 
+    def enable_decode_graphs(self, graph_cls=CudaGraph) -> None:
+        """Capture decode steps per batch-size bucket; later decode-only steps replay them.
+
+        ``graph_cls`` is for tests (a stand-in graph that re-runs the step on CPU).
+        """
+        if self.backend.name != "triton":
+            raise ConfigError(
+                "CUDA graphs need the triton attention backend, whose decode kernels "
+                f"take padded batches (this engine uses {self.backend.name!r})",
+                field="enable_cuda_graph",
+            )
+        max_batch = min(self.config.cuda_graph_max_batch, self.config.max_num_seqs)
+        graphs = DecodeGraphs(
+            self.model,
+            self.backend,
+            self.kv_caches,
+            max_batch=max_batch,
+            max_model_len=self.max_model_len,
+            block_size=self.block_size,
+            device=self.device,
+            graph_cls=graph_cls,
+        )
+        graphs.capture()
+        self.graphs = graphs
+        logger.info("CUDA graphs captured for decode batches of %s", graphs.buckets)
+
+    def release(self) -> None:
+        """Drop the KV cache and the captured graphs: the engine has stopped."""
+        self.graphs = None
+        self.kv_caches = []
+        self.kv_buffer = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
     # -- one step ------------------------------------------------------------------
 
     def zero_blocks(self, blocks: list[int]) -> None:
@@ -213,6 +263,9 @@ class ModelRunner:
                 for t in (ids_t, pos_t, tables_t, slots, seq_lens_t, rows_t)
             )
         nd = batch.num_decodes
+        if self.graphs is not None and nd == len(batch.seqs) and nd <= self.graphs.max_batch:
+            x, residual = self.graphs.run(ids_t, pos_t, slots, seq_lens_t, tables_t)
+            return self.model.logits(x, residual, rows_t, self.backend.ops), sampling
         meta = AttentionMetadata(
             num_decodes=nd,
             num_decode_tokens=nd,

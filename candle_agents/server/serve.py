@@ -56,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
             ("max_model_len", args.max_model_len),
             ("max_num_seqs", args.max_num_seqs),
             ("kv_cache_memory", args.kv_cache_memory),
+            ("attention_backend", args.attention_backend),
+            ("enable_cuda_graph", args.enable_cuda_graph or None),
         )
         if value is not None
     }

@@ -1,4 +1,4 @@
-"""Attention backends: the torch reference everywhere, C kernels on CPU, triton on CUDA (later)."""
+"""Attention backends: the torch reference everywhere, C kernels on CPU, triton on CUDA."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ import torch
 from candle_agents.engine.attention.base import AttentionBackend, AttentionMetadata
 from candle_agents.engine.attention.cpu import CpuAttentionBackend
 from candle_agents.engine.attention.torch_ref import TorchAttentionBackend
+from candle_agents.engine.attention.triton_backend import (
+    TritonAttentionBackend,
+    triton_available,
+)
+from candle_agents.engine.config import ATTENTION_BACKENDS
 from candle_agents.errors import ConfigError
 
 __all__ = [
@@ -14,10 +19,9 @@ __all__ = [
     "AttentionMetadata",
     "CpuAttentionBackend",
     "TorchAttentionBackend",
+    "TritonAttentionBackend",
     "get_backend",
 ]
-
-BACKENDS = ("auto", "torch", "cpu")
 
 
 def get_backend(
@@ -25,6 +29,8 @@ def get_backend(
 ) -> AttentionBackend:
     """The backend called ``name``; "auto" picks the fastest one that runs here."""
     if name == "auto":
+        if device.type == "cuda" and TritonAttentionBackend.supports(device, dtype, head_dim):
+            return TritonAttentionBackend(device)
         if CpuAttentionBackend.supports(device, dtype, head_dim):
             return CpuAttentionBackend()
         return TorchAttentionBackend()
@@ -39,7 +45,17 @@ def get_backend(
                 field="attention_backend",
             )
         return CpuAttentionBackend()
+    if name == "triton":
+        if not TritonAttentionBackend.supports(device, dtype, head_dim):
+            raise ConfigError(
+                "attention_backend='triton' needs the triton package, device cuda (or cpu "
+                "with TRITON_INTERPRET=1, for tests), dtype float16, bfloat16 or float32 and "
+                f"head_dim <= 256 (got {device}, {dtype}, head_dim {head_dim}, triton "
+                f"{'installed' if triton_available() else 'not installed'})",
+                field="attention_backend",
+            )
+        return TritonAttentionBackend(device)
     raise ConfigError(
-        f"attention_backend={name!r} is not supported: use one of {', '.join(BACKENDS)}",
+        f"attention_backend={name!r} is not supported: use one of {', '.join(ATTENTION_BACKENDS)}",
         field="attention_backend",
     )

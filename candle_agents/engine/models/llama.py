@@ -10,6 +10,7 @@ from torch import nn
 
 from candle_agents.engine.layers.decoder import DecoderLayer, DecoderSpec, ForwardContext
 from candle_agents.engine.layers.norm import RMSNorm
+from candle_agents.engine.layers.ops import TorchOps
 from candle_agents.engine.layers.rotary import RotaryEmbedding
 from candle_agents.errors import ModelLoadError
 
@@ -78,11 +79,24 @@ class LlamaForCausalLM(nn.Module):
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
         """Run the flattened batch; return float32 logits for ``logits_indices`` rows only."""
+        x, residual = self.hidden_states(input_ids, ctx)
+        return self.logits(x, residual, logits_indices, ctx.ops)
+
+    def hidden_states(
+        self, input_ids: torch.Tensor, ctx: ForwardContext
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last block's output and the residual stream, for every token."""
         x, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:
             x, residual = layer(x, residual, ctx)
-        x = x[logits_indices] + residual[logits_indices]
-        return self.lm_head(self.norm(x, ctx.ops)).float()
+        return x, residual
+
+    def logits(
+        self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops: TorchOps
+    ) -> torch.Tensor:
+        """float32 logits of ``rows`` (kept apart so a CUDA graph can stop before them)."""
+        x = x[rows] + residual[rows]
+        return self.lm_head(self.norm(x, ops)).float()
 
     # -- weights ------------------------------------------------------------------
 

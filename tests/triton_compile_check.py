@@ -1,0 +1,93 @@
+"""Compile the triton kernels for NVIDIA targets without a GPU (run as a script).
+
+Run with TRITON_INTERPRET=0: the kernels must be real JIT functions. Each
+configuration is what the launch wrappers pick for a model shape; the check
+goes through ptxas to a cubin, so shape rules that only the GPU compiler
+enforces (tl.dot tile sizes, shared memory) fail here, in CI, not on a GPU.
+Prints one line per kernel; exits non-zero on the first failure.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from candle_agents.engine.attention import triton_kernels as tk
+
+TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def signature(fn, pointers: dict[str, str], constants: dict[str, object]) -> dict[str, str]:
+    sig = {}
+    for name in fn.arg_names:
+        if name in constants:
+            sig[name] = "constexpr"
+        elif name in pointers:
+            sig[name] = pointers[name]
+        elif name == "scale_log2":
+            sig[name] = "fp32"
+        else:  # strides and counts
+            sig[name] = "i32"
+    return sig
+
+
+def compile_one(fn, pointers, constants, capability: int) -> None:
+    src = ASTSource(
+        fn,
+        signature(fn, pointers, constants),
+        constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
+    )
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32))
+    assert kernel.asm.get("cubin"), f"{fn.__name__}: no cubin"
+    print(f"sm_{capability} {fn.__name__} {constants} shared={kernel.metadata.shared}")
+
+
+def configurations():
+    """(kernel, pointer types, constants) for the shapes the engine launches."""
+    for dtype, heads, kv_heads, head_dim, block_size, splits in (
+        (torch.bfloat16, 32, 8, 64, 16, 4),  # Llama-3.2-1B
+        (torch.bfloat16, 32, 8, 128, 32, 1),  # Llama-3-8B
+        (torch.float16, 14, 2, 64, 16, 8),  # Qwen2-0.5B, GQA 7
+        (torch.float32, 9, 3, 64, 16, 2),  # SmolLM2-135M
+    ):
+        t = TYPES[dtype]
+        io = {name: f"*{t}" for name in ("q", "k_cache", "v_cache", "out", "key", "value")}
+        yield (
+            tk._decode_split_kernel,
+            {**io, "block_tables": "*i64", "seq_lens": "*i64", "o_part": "*fp32",
+             "lse_part": "*fp32"},
+            tk.decode_constants(heads, kv_heads, head_dim, block_size, splits, dtype),
+        )  # fmt: skip
+        if splits > 1:
+            yield (
+                tk._decode_merge_kernel,
+                {"o_part": "*fp32", "lse_part": "*fp32", "out": f"*{t}"},
+                tk.merge_constants(head_dim, splits),
+            )
+        yield (
+            tk._prefill_kernel,
+            {**io, "block_tables": "*i64", "query_start": "*i64", "query_lens": "*i64",
+             "seq_lens": "*i64"},
+            tk.prefill_constants(heads, kv_heads, head_dim, block_size, 512, dtype),
+        )  # fmt: skip
+        yield (
+            tk._store_kv_kernel,
+            {**io, "slots": "*i64"},
+            tk.store_constants(kv_heads, head_dim, block_size),
+        )
+
+
+def main(argv: list[str]) -> int:
+    capabilities = [int(a) for a in argv] or [80, 90]
+    for capability in capabilities:
+        for fn, pointers, constants in configurations():
+            compile_one(fn, pointers, constants, capability)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
