@@ -17,6 +17,7 @@ from candle_agents.engine import (
 from candle_agents.errors import (
     CandleError,
     ConfigError,
+    ContextLengthError,
     DeviceError,
     GenerationError,
     ModelLoadError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CandleError",
     "ConfigError",
+    "ContextLengthError",
     "DeviceError",
     "Engine",
     "EngineConfig",

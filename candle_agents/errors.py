@@ -27,6 +27,15 @@ class TokenizationError(CandleError, ValueError):
     """A prompt could not be tokenized or is too long for the model."""
 
 
+class ContextLengthError(TokenizationError):
+    """A prompt leaves no room in the model's context: ``num_tokens`` against ``limit``."""
+
+    def __init__(self, message: str, num_tokens: int, limit: int) -> None:
+        super().__init__(message)
+        self.num_tokens = num_tokens
+        self.limit = limit
+
+
 class GenerationError(CandleError):
     """Generation failed inside the engine."""
 

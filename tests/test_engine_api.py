@@ -12,6 +12,7 @@ from tiny_models import build_tiny_model
 
 from candle_agents import (
     ConfigError,
+    ContextLengthError,
     DeviceError,
     Engine,
     EngineConfig,
@@ -279,8 +280,11 @@ def test_cancelled_agenerate_frees_blocks(engine):
 
 def test_bad_requests_fail_at_submit_and_the_engine_goes_on(engine):
     too_long = [5] * engine.max_model_len
-    with pytest.raises(TokenizationError, match=str(engine.max_model_len)):
+    with pytest.raises(ContextLengthError, match=str(engine.max_model_len)) as overflow:
         engine.generate(too_long, GREEDY)
+    error = overflow.value
+    assert isinstance(error, TokenizationError)
+    assert (error.num_tokens, error.limit) == (len(too_long), engine.max_model_len)
     with pytest.raises(ConfigError) as err:
         engine.generate("hi", GenerationParams(max_tokens=0))
     assert err.value.field == "max_tokens"

@@ -34,6 +34,7 @@ from candle_agents.engine.tokenizer import TextTokenizer
 from candle_agents.errors import (
     CandleError,
     ConfigError,
+    ContextLengthError,
     GenerationError,
     RequestCancelled,
     TokenizationError,
@@ -292,9 +293,11 @@ class Engine:
         params.validate()
         ids = self._prompt_ids(prompt)
         if len(ids) >= self.max_model_len:
-            raise TokenizationError(
+            raise ContextLengthError(
                 f"the prompt has {len(ids)} tokens but this engine's max_model_len is "
-                f"{self.max_model_len} (prompt plus at least one new token): shorten it"
+                f"{self.max_model_len} (prompt plus at least one new token): shorten it",
+                num_tokens=len(ids),
+                limit=self.max_model_len,
             )
         vocab = self.runner.model.vocab_size
         bad = [t for t in params.logit_bias if t >= vocab]

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from candle_agents.errors import (
     CandleError,
     ConfigError,
+    ContextLengthError,
     DeviceError,
     GenerationError,
     ModelLoadError,
@@ -54,14 +55,10 @@ class OpenAIError(CandleError):
             return cls.from_validation_error(exc)
         if isinstance(exc, ConfigError):
             return cls(str(exc), 400, param=exc.field)
+        if isinstance(exc, ContextLengthError):
+            return cls(str(exc), 400, param="messages", code="context_length_exceeded")
         if isinstance(exc, TokenizationError):
-            too_long = "max_model_len" in str(exc) or "context" in str(exc)
-            return cls(
-                str(exc),
-                400,
-                param="messages",
-                code="context_length_exceeded" if too_long else None,
-            )
+            return cls(str(exc), 400, param="messages")
         if isinstance(exc, RequestCancelled):
             return cls(str(exc), 499, type="request_cancelled")
         if isinstance(exc, (GenerationError, DeviceError, ModelLoadError)):
