@@ -1,10 +1,11 @@
-"""Compile the triton kernels for NVIDIA targets without a GPU (run as a script).
+"""Compile every triton kernel for NVIDIA targets without a GPU (run as a script).
 
 Run with TRITON_INTERPRET=0: the kernels must be real JIT functions. Each
-configuration is what the launch wrappers pick for a model shape; the check
-goes through ptxas to a cubin, so shape rules that only the GPU compiler
-enforces (tl.dot tile sizes, shared memory) fail here, in CI, not on a GPU.
-Prints one line per kernel; exits non-zero on the first failure.
+configuration is what the launch wrappers pick for a model shape (attention
+in ``triton_kernels``, elementwise ops in ``layers/triton_ops``); the check
+goes through ptxas to a cubin, so rules that only the GPU compiler enforces
+(tl.dot tile sizes, power-of-two warps, shared memory) fail here, in CI,
+not on a GPU. Prints one line per kernel; exits non-zero on the first failure.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from candle_agents.engine.attention import triton_kernels as tk
+from candle_agents.engine.layers import triton_ops as to
 
 TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
 
@@ -28,22 +30,24 @@ def signature(fn, pointers: dict[str, str], constants: dict[str, object]) -> dic
             sig[name] = "constexpr"
         elif name in pointers:
             sig[name] = pointers[name]
-        elif name == "scale_log2":
+        elif name in ("scale_log2", "eps"):
             sig[name] = "fp32"
         else:  # strides and counts
             sig[name] = "i32"
     return sig
 
 
-def compile_one(fn, pointers, constants, capability: int) -> None:
+def compile_one(fn, pointers, config, capability: int) -> None:
+    constants = {k: v for k, v in config.items() if k != "num_warps"}
     src = ASTSource(
         fn,
         signature(fn, pointers, constants),
         constexprs={(fn.arg_names.index(k),): v for k, v in constants.items()},
     )
-    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32))
+    options = {"num_warps": config["num_warps"]} if "num_warps" in config else {}
+    kernel = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
     assert kernel.asm.get("cubin"), f"{fn.__name__}: no cubin"
-    print(f"sm_{capability} {fn.__name__} {constants} shared={kernel.metadata.shared}")
+    print(f"sm_{capability} {fn.__name__} {config} shared={kernel.metadata.shared}")
 
 
 def configurations():
@@ -81,11 +85,30 @@ def configurations():
         )
 
 
+def op_configurations():
+    """The fused elementwise ops (norms, SiLU-and-multiply, rotary) at Llama shapes."""
+    for t in ("bf16", "fp16"):
+        norm = {name: f"*{t}" for name in ("x", "residual", "weight", "out")}
+        # The model's norms (8192: the widest row one program takes) and
+        # QK-norm's many short rows a program.
+        for hidden, has_residual in ((2048, False), (2048, True), (8192, True), (128, False)):
+            yield (
+                to._rms_norm_kernel,
+                norm,
+                {**to.norm_config(hidden, 1, False), "HAS_RESIDUAL": has_residual},
+            )
+        silu = {"gate_up": f"*{t}", "out": f"*{t}"}
+        yield to._silu_and_mul_kernel, silu, to.silu_config(8192, 1, False)
+        rotary = {"q": f"*{t}", "k": f"*{t}", "cos": "*fp32", "sin": "*fp32", "positions": "*i64"}
+        for head_dim in (64, 128):  # Llama-3.2-1B / Llama-3-8B heads: 32 and 8 KV
+            yield to._rotary_kernel, rotary, to.rotary_config(32, 8, head_dim, 1, False)
+
+
 def main(argv: list[str]) -> int:
     capabilities = [int(a) for a in argv] or [80, 90]
     for capability in capabilities:
-        for fn, pointers, constants in configurations():
-            compile_one(fn, pointers, constants, capability)
+        for fn, pointers, config in (*configurations(), *op_configurations()):
+            compile_one(fn, pointers, config, capability)
     return 0
 
 

@@ -37,8 +37,10 @@ class TritonAttentionBackend(AttentionBackend):
         # Imported here: the kernels are compiled (or interpreted) per the
         # environment at import, and CPU-only installs never need them.
         from candle_agents.engine.attention import triton_kernels
+        from candle_agents.engine.layers.triton_ops import TritonOps
 
         self.kernels = triton_kernels
+        self.ops = TritonOps()
         if device.type == "cuda":
             self.num_sms = torch.cuda.get_device_properties(device).multi_processor_count
         else:

@@ -95,8 +95,9 @@ class LlamaForCausalLM(nn.Module):
         self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops: TorchOps
     ) -> torch.Tensor:
         """float32 logits of ``rows`` (kept apart so a CUDA graph can stop before them)."""
-        x = x[rows] + residual[rows]
-        return self.lm_head(self.norm(x, ops)).float()
+        # The last residual add and the final norm, fused like the layers' pairs.
+        h, _ = ops.add_rms_norm(x[rows], residual[rows], self.norm.weight, self.norm.eps)
+        return self.lm_head(h).float()
 
     # -- weights ------------------------------------------------------------------
 
