@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import torch
 
 from candle_agents.engine.attention import AttentionMetadata, get_backend
@@ -230,15 +231,20 @@ class ModelRunner:
         seq_lens: list[int] = []
         logits_rows: list[int] = []
         sampling: list[int] = []
+        # Host-side work here is per step and per sequence: at a few hundred
+        # decodes it rivals a GPU's forward pass, so nothing is O(context).
         for i, (seq, n) in enumerate(zip(batch.seqs, batch.num_new_tokens)):
             start = seq.num_computed_tokens
             end = start + n
-            tokens = seq.prompt_token_ids
-            np_ = len(tokens)
+            prompt = seq.prompt_token_ids
+            np_ = len(prompt)
             if end <= np_:
-                input_ids.extend(tokens[start:end])
+                input_ids.extend(prompt[start:end])
+            elif start >= np_:
+                input_ids.extend(seq.output_token_ids[start - np_ : end - np_])
             else:
-                input_ids.extend((tokens + seq.output_token_ids)[start:end])
+                input_ids.extend(prompt[start:])
+                input_ids.extend(seq.output_token_ids[: end - np_])
             positions.extend(range(start, end))
             seq_idx.extend([i] * n)
             query_start.append(query_start[-1] + n)
@@ -247,12 +253,14 @@ class ModelRunner:
                 logits_rows.append(query_start[-1] - 1)
                 sampling.append(i)
         width = max(len(s.block_table) for s in batch.seqs)
-        tables = [s.block_table + [0] * (width - len(s.block_table)) for s in batch.seqs]
+        tables = np.zeros((len(batch.seqs), width), dtype=np.int64)  # padded with block 0
+        for i, s in enumerate(batch.seqs):
+            tables[i, : len(s.block_table)] = s.block_table
 
         dev = self.device
         ids_t = torch.tensor(input_ids, dtype=torch.long)
         pos_t = torch.tensor(positions, dtype=torch.long)
-        tables_t = torch.tensor(tables, dtype=torch.long)
+        tables_t = torch.from_numpy(tables)
         seq_idx_t = torch.tensor(seq_idx, dtype=torch.long)
         slots = tables_t[seq_idx_t, pos_t // bs] * bs + pos_t % bs
         seq_lens_t = torch.tensor(seq_lens, dtype=torch.long)
