@@ -84,7 +84,8 @@ class OpenAIAdapter:
     is reported in responses); by default the engine's model name.
     ``tool_parser``: force a tool-call format (hermes, llama3_json, mistral,
     pythonic) instead of the one picked from the chat template.
-    ``max_waiting``: refuse new requests (503) while this many are queued.
+    ``max_waiting``: refuse new requests (503) while this many are queued, and
+    completion requests that alone ask for more (prompts x n; 400).
     """
 
     def __init__(
@@ -397,6 +398,16 @@ class OpenAIAdapter:
                 param="echo",
             )
         self._check_queue()
+        wanted = len(prompts) * req.n
+        if self.max_waiting is not None and wanted > self.max_waiting:
+            # More than the whole queue bound in one request: it would crowd out every
+            # other client, and the bound could never admit it piecewise either.
+            raise OpenAIError(
+                f"this request asks for {wanted} completions ({len(prompts)} prompts x "
+                f"n={req.n}); this server takes at most {self.max_waiting} in one request",
+                param="prompt",
+                code="too_many_completions",
+            )
         request_id = _new_id("cmpl")
         plans = []
         for k, prompt in enumerate(prompts):

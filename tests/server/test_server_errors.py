@@ -230,6 +230,21 @@ def test_queue_full_is_503(engine, server, live_server, idle):
                 resp.close()  # disconnecting aborts them all; `idle` checks the blocks
 
 
+def test_one_request_may_not_ask_for_more_than_the_queue_bound(engine, live_server, idle):
+    bounded = live_server(create_app(engine, max_waiting=4))
+    client = bounded.client()
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=engine.model_name, prompt=["a", "b", "c"], n=2)
+    error = _error(info.value)
+    assert (error["param"], error["code"]) == ("prompt", "too_many_completions")
+    assert "6 completions (3 prompts x n=2)" in error["message"]
+    assert "at most 4" in error["message"]
+    ok = client.completions.create(
+        model=engine.model_name, prompt=["a", "b"], n=2, max_tokens=2, temperature=0
+    )
+    assert len(ok.choices) == 4
+
+
 def _read_until_a_token(lines) -> None:
     for line in lines:
         if '"content":"' in line and '"content":""' not in line:
