@@ -89,7 +89,7 @@ class ModelRunner:
             if self.device.type == "cuda" and self.backend.name == "triton":
                 try:
                     self.enable_decode_graphs()
-                except (RuntimeError, torch.OutOfMemoryError) as exc:
+                except RuntimeError as exc:  # torch.OutOfMemoryError among them
                     # Eager decoding is slower, never wrong: serve rather than fail.
                     logger.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
             else:

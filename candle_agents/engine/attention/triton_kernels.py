@@ -24,14 +24,16 @@ Under ``TRITON_INTERPRET=1`` (CPU tests) ``tl.dot`` mishandles bfloat16, so
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
+from candle_agents.engine.attention.triton_backend import interpreting
+
 LOG2E = 1.4426950408889634
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once, at import, as triton itself reads it when the kernels are defined.
+INTERPRET = interpreting()
 
 
 @triton.jit

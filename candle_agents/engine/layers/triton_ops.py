@@ -22,15 +22,15 @@ QKV row). Anything the kernels do not cover falls back to ``TorchOps``.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from candle_agents.engine.attention.triton_backend import interpreting
 from candle_agents.engine.layers.ops import TorchOps
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Read once, at import, as triton itself reads it when the kernels are defined.
+INTERPRET = interpreting()
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HIDDEN = 8192  # a norm's whole row is one tile of one program
 MAX_HEAD_DIM = 512
