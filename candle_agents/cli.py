@@ -56,8 +56,9 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     serve = sub.add_parser(
         "serve",
         help="an OpenAI-compatible HTTP server with a chat UI (needs the [server] extra)",
-        description="Serve /v1/chat/completions, /v1/completions and /v1/models (OpenAI's "
-        "API, streaming over SSE), /health, /metrics, API docs at /docs and a chat UI at /.",
+        description="Serve /v1/chat/completions, /v1/completions, /v1/responses (with MCP "
+        "servers as tools) and /v1/models (OpenAI's API, streaming over SSE), /health, "
+        "/metrics, API docs at /docs and a chat UI at /.",
     )
     _engine_args(serve)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -97,6 +98,41 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument(
         "--tool-parser", default=None, help="tool-call format (default: from the chat template)"
+    )
+    serve.add_argument(
+        "--mcp-config",
+        default=None,
+        metavar="FILE",
+        help='MCP servers /v1/responses may use by label: {"mcpServers": {name: {command, '
+        "args, env} | {url, headers}}}; the only source of stdio servers",
+    )
+    serve.add_argument(
+        "--mcp-allow-url",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="let requests name MCP servers whose server_url starts with PREFIX (repeatable; "
+        "by default requests may only use --mcp-config servers)",
+    )
+    serve.add_argument(
+        "--mcp-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="time limit of one MCP tool call (default 60)",
+    )
+    serve.add_argument(
+        "--responses-db",
+        default=None,
+        metavar="PATH",
+        help="SQLite file of stored responses (default: responses.db in the user's data "
+        "directory; ':memory:' keeps them until the server stops)",
+    )
+    serve.add_argument(
+        "--max-turns",
+        type=int,
+        default=10,
+        help="model turns one /v1/responses request may take with MCP tools (default 10)",
     )
     # SUPPRESS: when absent, the top-level --log-level stays in force.
     serve.add_argument("--log-level", default=argparse.SUPPRESS, help="debug, info, warning...")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 # Triton kernels run in triton's interpreter on CPU; the flag is read when they
 # are defined, so before anything imports them. A GPU run sets it to 0.
 os.environ.setdefault("TRITON_INTERPRET", "1")
+# Servers store responses in the user's data directory by default: keep the tests' apart.
+os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="candle-agents-test-data-")
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -32,8 +35,3 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(params=sorted(ARCHS))
 def arch(request):
     return request.param
-
-
-def assert_all_blocks_free(engine, timeout: float = 10.0) -> None:
-    assert engine.wait_idle(timeout), "engine did not become idle"
-    assert engine.num_free_blocks == engine.num_blocks

@@ -11,7 +11,7 @@ import asyncio
 import pytest
 import torch
 import transformers
-from conftest import assert_all_blocks_free
+from checks import assert_all_blocks_free
 
 from candle_agents import Engine, GenerationParams
 from candle_agents.engine.loader import default_gguf_path

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import assert_all_blocks_free
+from checks import assert_all_blocks_free
 from tiny_models import build_tiny_model
 
 from candle_agents import (
@@ -413,3 +413,13 @@ def test_generate_takes_one_params_per_prompt(engine):
     with pytest.raises(TokenizationError):
         engine.generate([[5, 6], []], GenerationParams(max_tokens=2))
     assert_all_blocks_free(engine)
+
+
+def test_default_model_names_share_one_config_key():
+    from candle_agents.engine.config import EngineConfig
+
+    keys = {
+        EngineConfig.from_kwargs(model=m).key() for m in (None, "default", "SmolLM2-135M-Instruct")
+    }
+    assert len(keys) == 1
+    assert EngineConfig.from_kwargs(model="other.gguf").key() not in keys

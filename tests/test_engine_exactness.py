@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 import transformers
-from conftest import assert_all_blocks_free
+from checks import assert_all_blocks_free
 
 from candle_agents import Engine, GenerationParams
 

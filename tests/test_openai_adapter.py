@@ -7,7 +7,7 @@ import json
 
 import jsonschema
 import pytest
-from conftest import assert_all_blocks_free
+from checks import assert_all_blocks_free
 
 from candle_agents import Engine
 from candle_agents.openai import ChatCompletionRequest, OpenAIAdapter, OpenAIError
@@ -160,14 +160,19 @@ def test_named_tool_choice_calls_that_tool(adapter):
     assert "timezone" in _check_call(calls[0], tools)
 
 
-def test_tool_choice_none_offers_no_tools(adapter, engine):
+def test_tool_choice_none_keeps_the_prompt_and_answers_in_text(adapter, engine):
     req = ChatCompletionRequest(messages=ASK, tools=[WEATHER], tool_choice="none")
     parser = get_tool_parser("hermes")
+    # The tools stay in the prompt, so "none" and "auto" turns share their prefix...
+    auto = ChatCompletionRequest(messages=ASK, tools=[WEATHER], tool_choice="auto")
     rendered = build_messages(req, parser, False, offered_tools(req))
-    assert "get_weather" not in json.dumps(rendered)
-    resp = chat(adapter, tools=[WEATHER], tool_choice="none", temperature=0)
-    assert resp.choices[0].message.tool_calls is None
-    assert resp.choices[0].finish_reason in ("stop", "length")
+    assert rendered == build_messages(auto, parser, False, offered_tools(auto))
+    # ...and decoding keeps the reply text, even when the model would rather call.
+    for seed in range(3):
+        resp = chat(adapter, tools=[WEATHER], tool_choice="none", temperature=1.0, seed=seed)
+        message = resp.choices[0].message
+        assert message.tool_calls is None and "<tool_call>" not in message.content
+        assert resp.choices[0].finish_reason in ("stop", "length")
 
 
 def test_tool_choice_auto_gives_text_or_a_well_formed_call(adapter):
@@ -262,9 +267,8 @@ def test_a_conversation_with_tool_results_renders_them(adapter, engine):
     ]
     req = ChatCompletionRequest(messages=history, tools=[WEATHER])
     rendered = build_messages(req, get_tool_parser("hermes"), False, offered_tools(req))
-    text = json.dumps(rendered)
     assert "get_weather" in rendered[0]["content"]  # described in the system prompt
-    assert "18 degrees and sunny" in text and "<tool_response>" in text
+    assert rendered[-1]["content"] == "<tool_response>\n18 degrees and sunny\n</tool_response>"
     assert rendered[-1]["role"] == "user"
     resp = chat(adapter, messages=history, tools=[WEATHER], temperature=0)
     assert resp.choices[0].finish_reason in ("stop", "length", "tool_calls")

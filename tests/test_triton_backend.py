@@ -15,7 +15,7 @@ from typing import ClassVar
 
 import pytest
 import torch
-from conftest import assert_all_blocks_free
+from checks import assert_all_blocks_free
 from test_engine_exactness import GREEDY, MAX_NEW, Reference, check, engine_for, make_prompts
 
 from candle_agents import GenerationParams

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from candle_agents.engine.loader import DEFAULT_MODEL
 from candle_agents.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -119,7 +120,12 @@ class EngineConfig:
 
     def key(self) -> tuple:
         """A hashable identity, used to share one engine per (model, config)."""
-        return tuple(sorted(asdict(self).items()))
+        fields_ = asdict(self)
+        model = fields_["model"]
+        # None, "default" and the default's name are one model: one shared engine.
+        if model is None or model.lower() in ("default", DEFAULT_MODEL):
+            fields_["model"] = DEFAULT_MODEL
+        return tuple(sorted(fields_.items()))
 
 
 def _positive_int(name: str, value: Any) -> None:

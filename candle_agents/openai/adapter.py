@@ -265,7 +265,7 @@ class OpenAIAdapter:
             model,
             prompt_ids,
             params,
-            parser if tools is not None else None,
+            parser if tools is not None and req.tool_choice != "none" else None,
             tools,
         )
 
@@ -273,6 +273,8 @@ class OpenAIAdapter:
         self, req: ChatCompletionRequest, parser: ToolParser, tools: list[dict[str, Any]] | None
     ) -> Grammar | None:
         choice = req.tool_choice
+        if tools and choice == "none" and req.response_format is None:
+            return Grammar.lark(parser.call_grammar(tools, "none"))
         if tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
             mode = choice.function.name if isinstance(choice, NamedToolChoice) else "required"
             return Grammar.lark(parser.call_grammar(tools, mode, req.parallel_tool_calls))

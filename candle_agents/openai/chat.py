@@ -32,8 +32,13 @@ def template_supports_tools(chat_template: str | None) -> bool:
 
 
 def offered_tools(request: ChatCompletionRequest) -> list[dict[str, Any]] | None:
-    """The tools the model may call: none when tool_choice is "none"."""
-    if not request.tools or request.tool_choice == "none":
+    """The request's tools, shown to the model even with tool_choice "none".
+
+    As vLLM does by default: the prompt stays the same whatever the choice, so
+    an agent's turns keep sharing their prefix in the cache; "none" is enforced
+    in decoding instead (the reply cannot be call markup).
+    """
+    if not request.tools:
         return None
     return [t.model_dump(exclude_none=True) for t in request.tools]
 

@@ -1046,9 +1046,12 @@ class ToolParser(ABC):
         """A llguidance lark grammar constraining the model's output to calls of ``tools``.
 
         ``mode`` is "required" (one call, or one or more if ``parallel``), "auto" (plain text
-        that cannot be taken for the call markup, or calls) or a function name (exactly one
-        call of it). Each call's arguments must match its tool's JSON schema.
+        that cannot be taken for the call markup, or calls), "none" (only such text) or a
+        function name (exactly one call of it). Each call's arguments must match its tool's
+        JSON schema.
         """
+        if mode == "none":
+            return f"start: TEXT\nTEXT: {self._text_terminal()}\n"
         specs = _functions(tools)
         if not specs:
             raise ConfigError("a tool-call grammar needs at least one function tool", field="tools")

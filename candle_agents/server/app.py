@@ -7,15 +7,15 @@ checks, disconnects, and metrics.
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 from fastapi import FastAPI, Request
@@ -33,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from candle_agents import __version__
 from candle_agents.engine import Engine
 from candle_agents.errors import CandleError, ConfigError
+from candle_agents.mcp import load_mcp_config
 from candle_agents.openai import OpenAIAdapter
 from candle_agents.openai.errors import OpenAIError
 from candle_agents.openai.protocol import (
@@ -44,7 +45,11 @@ from candle_agents.openai.protocol import (
     ModelCard,
     ModelList,
 )
+from candle_agents.responses import ResponsesAPI, ResponseStore
+from candle_agents.responses.runner import DEFAULT_MAX_TURNS
+from candle_agents.server.common import as_openai_error, close_stream, unless_disconnected
 from candle_agents.server.metrics import ServerMetrics, StreamTimer
+from candle_agents.server.responses_routes import RESPONSES_PATH, add_responses_routes
 
 logger = logging.getLogger(__name__)
 
@@ -52,15 +57,13 @@ STATIC_DIR = Path(__file__).parent / "static"
 CHAT_PATH = "/v1/chat/completions"
 COMPLETIONS_PATH = "/v1/completions"
 # Routes whose body must be a JSON object.
-_BODY_PATHS = (CHAT_PATH, COMPLETIONS_PATH)
+_BODY_PATHS = (CHAT_PATH, COMPLETIONS_PATH, RESPONSES_PATH)
 _ERROR_DOCS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Invalid request (the field is in `param`)"},
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"},
     404: {"model": ErrorResponse, "description": "Unknown model"},
     503: {"model": ErrorResponse, "description": "Too many requests waiting; retry later"},
 }
-
-T = TypeVar("T")
 
 
 def create_app(
@@ -72,6 +75,11 @@ def create_app(
     cors_origins: Sequence[str] = (),
     max_waiting: int | None = None,
     tool_parser: str | None = None,
+    mcp_config: str | Path | dict[str, Any] | None = None,
+    mcp_allow_urls: Sequence[str] = (),
+    mcp_call_timeout: float | None = None,
+    responses_db: str | Path | None = None,
+    max_turns: int = DEFAULT_MAX_TURNS,
     **engine_config: Any,
 ) -> FastAPI:
     """Build the server app for ``engine``, or for a new engine loaded from ``model``.
@@ -81,6 +89,13 @@ def create_app(
     down when the app stops; a given engine is left running for its owner.
     ``api_key`` protects ``/v1/*`` with ``Authorization: Bearer <key>``;
     ``max_waiting`` bounds the engine's queue (503 beyond it).
+
+    ``/v1/responses``: ``mcp_config`` names the MCP servers requests may use by
+    label (a ``{"mcpServers": ...}`` file or dict; the only way to get stdio
+    servers); a request's ``server_url`` is used only when it starts with one
+    of ``mcp_allow_urls``. Responses are stored in ``responses_db`` (a SQLite
+    file, by default in the user's data directory; ``":memory:"`` keeps them
+    for the app's life).
     """
     if engine is not None and (model is not None or engine_config):
         given = ["model"] * (model is not None) + sorted(engine_config)
@@ -100,6 +115,17 @@ def create_app(
             max_waiting=max_waiting,
         )
         metrics = ServerMetrics(engine, adapter.model_names[0])
+        servers = load_mcp_config(mcp_config) if mcp_config is not None else {}
+        if mcp_call_timeout is not None:
+            servers = {k: replace(v, call_timeout=mcp_call_timeout) for k, v in servers.items()}
+        responses = ResponsesAPI(
+            adapter,
+            store=ResponseStore(responses_db),
+            mcp_servers=servers,
+            allow_urls=mcp_allow_urls,
+            max_turns=max_turns,
+            mcp_call_timeout=mcp_call_timeout,
+        )
     except BaseException:
         if owns_engine:
             engine.shutdown()
@@ -110,6 +136,8 @@ def create_app(
         try:
             yield
         finally:
+            await responses.aclose()  # MCP sessions; stdio servers exit
+            responses.store.close()
             if owns_engine:
                 # shutdown() joins the engine thread: keep the event loop free meanwhile.
                 await anyio.to_thread.run_sync(engine.shutdown)
@@ -123,9 +151,11 @@ def create_app(
     app.state.engine = engine
     app.state.adapter = adapter
     app.state.metrics = metrics
+    app.state.responses = responses
     app.state.owns_engine = owns_engine
     _install_error_handlers(app)
     _add_api_routes(app, adapter, metrics)
+    add_responses_routes(app, responses, _ERROR_DOCS)
     _add_service_routes(app, engine, metrics)
     # add_middleware puts each new one outside the previous: auth runs innermost,
     # so its 401s are counted by the metrics and carry CORS headers.
@@ -168,7 +198,7 @@ def _add_api_routes(app: FastAPI, adapter: OpenAIAdapter, metrics: ServerMetrics
         if body.stream:
             stream = adapter.chat_completion_stream(body)  # errors raise here, before any event
             return _event_stream(stream, metrics.stream_timer(CHAT_PATH, time.perf_counter()))
-        result = await _unless_disconnected(request, adapter.chat_completion(body))
+        result = await unless_disconnected(request, adapter.chat_completion(body))
         return _json(result)
 
     @app.post(
@@ -184,7 +214,7 @@ def _add_api_routes(app: FastAPI, adapter: OpenAIAdapter, metrics: ServerMetrics
             return _event_stream(
                 stream, metrics.stream_timer(COMPLETIONS_PATH, time.perf_counter())
             )
-        result = await _unless_disconnected(request, adapter.completion(body))
+        result = await unless_disconnected(request, adapter.completion(body))
         return _json(result)
 
     @app.get("/v1/models", response_model=ModelList, tags=["OpenAI"])
@@ -279,55 +309,15 @@ def _event_stream(stream: AsyncIterator[BaseModel], timer: StreamTimer) -> Event
         except Exception as exc:
             # The 200 and its headers are sent: report the failure as an event, in
             # OpenAI's error shape, which the official clients raise as APIError.
-            err = _as_openai_error(exc)
+            err = as_openai_error(exc)
             yield {"data": json.dumps(err.to_dict())}
         finally:
-            await _close(stream)
+            await close_stream(stream)
 
     # The background task also closes the adapter's iterator when the response ends
     # before `events` ever ran (a client gone at once), so the engine requests it
     # holds are released with the response instead of whenever the garbage is collected.
-    return EventSourceResponse(events(), sep="\n", background=BackgroundTask(_close, stream))
-
-
-async def _close(stream: AsyncIterator[Any]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is None:
-        return
-    # Shielded: this runs while a disconnect is cancelling the response's task group.
-    with anyio.CancelScope(shield=True):
-        try:
-            await aclose()
-        except RuntimeError:
-            pass  # still running in the other path; that path closes it
-        except Exception:
-            logger.exception("closing a response stream failed")
-
-
-async def _unless_disconnected(request: Request, work: Awaitable[T]) -> T | None:
-    """Await ``work``, cancelling it if the client hangs up first.
-
-    Cancelling the adapter's coroutine aborts its engine requests, so a client
-    that gives up on a long non-streamed completion frees its KV blocks at once.
-    """
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        await asyncio.wait({task})  # let its cleanup (the aborts) run before answering
-        return None
-    return task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    # The body has been read, so the next message is the disconnect, whenever it comes.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    return EventSourceResponse(events(), sep="\n", background=BackgroundTask(close_stream, stream))
 
 
 # -- errors ------------------------------------------------------------------------------
@@ -337,17 +327,6 @@ def _error_response(err: OpenAIError, headers: dict[str, str] | None = None) -> 
     return JSONResponse(err.to_dict(), status_code=err.status_code, headers=headers)
 
 
-def _as_openai_error(exc: BaseException) -> OpenAIError:
-    if isinstance(exc, CandleError):
-        return OpenAIError.from_exception(exc)
-    logger.error("unexpected error while serving a request", exc_info=exc)
-    return OpenAIError(
-        f"internal server error ({type(exc).__name__}); see the server log",
-        500,
-        type="server_error",
-    )
-
-
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -355,7 +334,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(CandleError)
     async def candle_error(request: Request, exc: CandleError) -> JSONResponse:
-        err = _as_openai_error(exc)
+        err = as_openai_error(exc)
         if err.status_code == 499 and not request.app.state.engine.is_alive:
             # "Cancelled" because the engine is gone: the service is down, not the request.
             err = OpenAIError(
@@ -383,7 +362,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-        return _error_response(_as_openai_error(exc))
+        return _error_response(as_openai_error(exc))
 
 
 def _request_error(request: Request, exc: RequestValidationError) -> OpenAIError:

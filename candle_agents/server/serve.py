@@ -68,6 +68,11 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin or (),
         max_waiting=args.max_waiting,
         tool_parser=args.tool_parser,
+        mcp_config=args.mcp_config,
+        mcp_allow_urls=args.mcp_allow_url or (),
+        mcp_call_timeout=args.mcp_timeout,
+        responses_db=args.responses_db,
+        max_turns=args.max_turns,
         **engine_config,
     )
     config = uvicorn.Config(
