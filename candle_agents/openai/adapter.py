@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from candle_agents.engine import Engine, GenerationParams, StreamDelta, TokenLogprob
 from candle_agents.engine.grammar import Grammar
@@ -28,7 +28,7 @@ from candle_agents.openai.chat import (
     render_prompt,
     template_supports_tools,
 )
-from candle_agents.openai.errors import OpenAIError
+from candle_agents.openai.errors import OpenAIError, parse_request
 from candle_agents.openai.protocol import (
     ChatChoice,
     ChatCompletionChunk,
@@ -119,7 +119,7 @@ class OpenAIAdapter:
         self, request: ChatCompletionRequest | dict[str, Any]
     ) -> ChatCompletionResponse:
         """Run a chat completion to the end (all ``n`` choices in one batch)."""
-        plan = self._plan_chat(_parse(ChatCompletionRequest, request))
+        plan = self._plan_chat(parse_request(ChatCompletionRequest, request))
         results = await _collect_all(self._submit(plan))
         choices = []
         for i, deltas in enumerate(results):
@@ -163,7 +163,7 @@ class OpenAIAdapter:
         Closing the iterator early (or dropping it) aborts the requests and
         frees their KV blocks.
         """
-        req = _parse(ChatCompletionRequest, request)
+        req = parse_request(ChatCompletionRequest, request)
         plan = self._plan_chat(req)
         streams = self._submit(plan)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -235,7 +235,7 @@ class OpenAIAdapter:
                 s.close()
 
     def _plan_chat(self, req: ChatCompletionRequest) -> _Plan:
-        model = self._check_model(req.model)
+        model = self.check_model(req.model)
         self._check_queue()
         parser = self.tool_parser
         if req.tool_parser:
@@ -292,7 +292,7 @@ class OpenAIAdapter:
 
     async def completion(self, request: CompletionRequest | dict[str, Any]) -> CompletionResponse:
         """Run a text completion; a list of prompts gives ``n`` choices per prompt."""
-        req = _parse(CompletionRequest, request)
+        req = parse_request(CompletionRequest, request)
         plans = self._plan_completion(req)
         request_id = plans[0].request_id
         submitted = self._submit_all(plans)
@@ -331,7 +331,7 @@ class OpenAIAdapter:
         self, request: CompletionRequest | dict[str, Any]
     ) -> AsyncIterator[CompletionResponse]:
         """Validate and submit now; the returned iterator yields completion chunks."""
-        req = _parse(CompletionRequest, request)
+        req = parse_request(CompletionRequest, request)
         plans = self._plan_completion(req)
         streams = [s for group in self._submit_all(plans) for s in group]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -389,7 +389,7 @@ class OpenAIAdapter:
                 s.close()
 
     def _plan_completion(self, req: CompletionRequest) -> list[_Plan]:
-        model = self._check_model(req.model)
+        model = self.check_model(req.model)
         prompts = req.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
@@ -460,7 +460,8 @@ class OpenAIAdapter:
             return frozenset(params.stop_token_ids)
         return self.engine.eos_token_ids | frozenset(params.stop_token_ids)
 
-    def _check_model(self, model: str | None) -> str:
+    def check_model(self, model: str | None) -> str:
+        """The name to report for a request's ``model`` (None: the first); 404 if not served."""
         if model is None or model in self.model_names:
             return self.model_names[0]
         raise OpenAIError(
@@ -579,15 +580,6 @@ class _Chunks(AsyncIterator[R]):
         for s in self._streams:
             s.close()
         await self._chunks.aclose()
-
-
-def _parse(model: type[R], request: R | dict[str, Any]) -> R:
-    if isinstance(request, model):
-        return request
-    try:
-        return model.model_validate(request)
-    except ValidationError as exc:
-        raise OpenAIError.from_validation_error(exc) from exc
 
 
 def _guard(make):

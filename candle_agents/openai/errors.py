@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from candle_agents.errors import (
     CandleError,
@@ -18,6 +18,8 @@ from candle_agents.errors import (
     TokenizationError,
 )
 from candle_agents.openai.protocol import ErrorInfo, ErrorResponse
+
+R = TypeVar("R", bound=BaseModel)
 
 
 class OpenAIError(CandleError):
@@ -96,3 +98,13 @@ def _param_path(loc: tuple[Any, ...]) -> str:
         else:
             parts.append(("." if parts else "") + str(item))
     return "".join(parts)
+
+
+def parse_request(model: type[R], request: R | dict[str, Any]) -> R:
+    """``request`` as a ``model``; a dict that does not validate is a 400 naming the field."""
+    if isinstance(request, model):
+        return request
+    try:
+        return model.model_validate(request)
+    except ValidationError as exc:
+        raise OpenAIError.from_validation_error(exc) from exc

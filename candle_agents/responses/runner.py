@@ -101,7 +101,7 @@ class ResponseRun:
         self.function_tools = [t for t in request.tools or () if not isinstance(t, McpToolParam)]
         self._check_tool_choice()
         self._approvals = self._approval_answers()
-        model = adapter._check_model(request.model)
+        model = adapter.check_model(request.model)
         self.response = Response(
             model=model,
             instructions=request.instructions,

@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from pydantic import ValidationError
-
 from candle_agents.mcp import McpClient, McpServerConfig
 from candle_agents.openai import OpenAIAdapter
-from candle_agents.openai.errors import OpenAIError
+from candle_agents.openai.errors import OpenAIError, parse_request
 from candle_agents.responses.protocol import McpToolParam, Response, ResponseEvent, ResponsesRequest
 from candle_agents.responses.runner import DEFAULT_MAX_TURNS, McpBinding, ResponseRun
 from candle_agents.responses.store import ResponseStore
@@ -120,7 +118,7 @@ class ResponsesAPI:
 
         ``max_turns`` bounds the model turns of this response (default: the API's).
         """
-        req = _parse(request)
+        req = parse_request(ResponsesRequest, request)
         if req.background:
             raise OpenAIError(
                 "background responses are not supported here; leave background unset",
@@ -234,15 +232,6 @@ class ResponsesAPI:
 async def _connected(client: McpClient) -> McpClient:
     await client.connect()
     return client
-
-
-def _parse(request: ResponsesRequest | dict[str, Any]) -> ResponsesRequest:
-    if isinstance(request, ResponsesRequest):
-        return request
-    try:
-        return ResponsesRequest.model_validate(request)
-    except ValidationError as exc:
-        raise OpenAIError.from_validation_error(exc) from None
 
 
 def _not_found(response_id: str) -> OpenAIError:
