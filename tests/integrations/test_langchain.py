@@ -25,6 +25,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.tools import tool
+from langchain_features import ENGINE_CONFIG
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
@@ -37,9 +38,6 @@ from candle_agents.integrations.langchain import (
     convert_messages,
 )
 from candle_agents.openai import OpenAIError
-
-# The same engine config as the standard suites, so that one engine serves every test.
-ENGINE_CONFIG = {"max_model_len": 2048, "kv_cache_memory": 128 * 2**20}
 
 
 def make_model(**kwargs: Any) -> ChatCandle:

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("langchain_tests")
 
 from langchain_core.language_models import BaseChatModel
+from langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from candle_agents.engine.loader import default_gguf_path
@@ -23,11 +24,8 @@ EXAMPLE_COPIED = (
     "tool_parsers.py, render_tools_prompt), which SmolLM2-135M copies into forced calls"
 )
 
-# A small context and KV cache keep the engine quick to build and memory-bounded.
-ENGINE_CONFIG = {"max_model_len": 2048, "kv_cache_memory": 128 * 2**20}
 
-
-class TestChatCandleStandard(ChatModelIntegrationTests):
+class TestChatCandleStandard(ChatCandleFeatures, ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[ChatCandle]:
         return ChatCandle
@@ -45,26 +43,6 @@ class TestChatCandleStandard(ChatModelIntegrationTests):
             "max_tokens": 64,
             "presence_penalty": 1.0,
         }
-
-    @property
-    def has_tool_calling(self) -> bool:
-        return True
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def returns_usage_metadata(self) -> bool:
-        return True
 
     @property
     def supported_usage_metadata_details(self) -> dict[str, list[str]]:
