@@ -1,8 +1,8 @@
 """C kernels for CPU inference, compiled on first use and called through ctypes.
 
-The source (kernels.c) is plain C with OpenMP and no torch headers, so a
-build takes about a second with the system's C compiler; the library is
-cached under ``$CANDLE_AGENTS_CACHE`` (default ``~/.cache/candle-agents``),
+The sources (every ``*.c`` and ``*.h`` beside this file) are plain C with no
+torch headers, built into one library: a build takes a few seconds with the
+system's C compiler; the library is cached under ``$CANDLE_AGENTS_CACHE`` (default ``~/.cache/candle-agents``),
 keyed by the source, the flags and the CPU. Where no compiler works, or
 ``CANDLE_AGENTS_CPU_KERNELS=0`` is set, ``available()`` is False and the
 engine keeps to its torch reference paths.
@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-_SOURCE = Path(__file__).with_name("kernels.c")
+_SOURCE_DIR = Path(__file__).parent
 MAX_HEAD_DIM = 256  # kernels.c keeps one K and one V row on the stack
 # Tried in order: the first set the compiler accepts wins. -march=native is
 # where the speed comes from (AVX-512/AVX2 dot products); OpenMP spreads
@@ -61,8 +61,12 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
+def _sources() -> list[Path]:
+    return sorted(_SOURCE_DIR.glob("*.c"))
+
+
 def _build(compiler: str, out: Path) -> bool:
-    source = _SOURCE.read_bytes()
+    source = b"".join(p.name.encode() + p.read_bytes() for p in sorted(_SOURCE_DIR.glob("*.[ch]")))
     for flags in _FLAG_SETS:
         key = hashlib.sha256(
             b"\0".join([source, " ".join(flags).encode(), compiler.encode(), _cpu_id().encode()])
@@ -73,7 +77,8 @@ def _build(compiler: str, out: Path) -> bool:
         out.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=out)
         os.close(fd)
-        cmd = [compiler, *flags, "-std=c11", "-shared", "-fPIC", str(_SOURCE), "-o", tmp, "-lm"]
+        cmd = [compiler, *flags, "-std=c11", "-shared", "-fPIC", f"-I{_SOURCE_DIR}"]
+        cmd += [*map(str, _sources()), "-o", tmp, "-lm", "-lpthread"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:

@@ -1,0 +1,56 @@
+/* Quantized matmuls on GGUF block formats: what the per-type code provides
+ * (quant_legacy.c: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the float types;
+ * quant_k.c: Q2_K..Q6_K) and the driver (quant.c) consumes.
+ *
+ * Weights are GGUF tensors as stored: row n of W[N, K] is K / block
+ * consecutive blocks of `bytes` bytes. Type ids are GGML's (ggml.h). */
+#ifndef CANDLE_QUANT_H
+#define CANDLE_QUANT_H
+#include <stdint.h>
+
+enum {
+    QT_F32 = 0, QT_F16 = 1, QT_Q4_0 = 2, QT_Q4_1 = 3, QT_Q5_0 = 6, QT_Q5_1 = 7,
+    QT_Q8_0 = 8, QT_Q2_K = 10, QT_Q3_K = 11, QT_Q4_K = 12, QT_Q5_K = 13,
+    QT_Q6_K = 14, QT_BF16 = 30,
+};
+
+/* Activations quantized for the fast path, one struct per block of one row.
+ * ACT_Q8_32 (for the 32-value types): d * qs[i] ~ x[i]; s = d * sum(qs), for
+ * types with a min term. ACT_Q8_256 (for the K-quants): bsums[j] = sum of
+ * qs[16 j .. 16 j + 15]. */
+typedef struct { float d; float s; int8_t qs[32]; } act_q8_32;
+typedef struct { float d; int16_t bsums[16]; int8_t qs[256]; } act_q8_256;
+enum { ACT_NONE = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
+
+/* The most activation rows one dot call takes (the driver tiles M by this). */
+#define QDOT_MAX_ROWS 4
+
+typedef struct {
+    int type;
+    int block;  /* values per block */
+    int bytes;  /* bytes per block */
+    /* One block to `block` floats, in the float32 operation order of
+     * gguf.quants.dequantize, so results match it bit for bit. */
+    void (*dequant_block)(const uint8_t *blk, float *out);
+    /* Exact path: out[i * ldo] = dot(dequant(row), x + i * ldx) for i < m
+     * (m <= QDOT_MAX_ROWS); weights dequantized in registers, float32
+     * accumulation. */
+    void (*dot_exact)(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx, int m,
+                      float *out, int64_t ldo);
+    /* Fast path (NULL where the type has none): the same dot against
+     * activations quantized as `act`; xq holds m rows of nblocks structs,
+     * rows xq_stride bytes apart. */
+    int act;
+    void (*dot_fast)(const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride,
+                     int m, float *out, int64_t ldo);
+} qtype_ops;
+
+/* The ops of `type`, or NULL. Each file defines its lookup; quant.c asks both. */
+const qtype_ops *quant_legacy_ops(int type);
+const qtype_ops *quant_k_ops(int type);
+
+/* Activation quantizers (quant.c): row x[K] into K / 32 or K / 256 structs. */
+void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out);
+void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out);
+
+#endif
