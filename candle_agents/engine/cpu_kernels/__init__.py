@@ -2,10 +2,10 @@
 
 The sources (every ``*.c`` and ``*.h`` beside this file) are plain C with no
 torch headers, built into one library: a build takes a few seconds with the
-system's C compiler; the library is cached under ``$CANDLE_AGENTS_CACHE`` (default ``~/.cache/candle-agents``),
-keyed by the source, the flags and the CPU. Where no compiler works, or
-``CANDLE_AGENTS_CPU_KERNELS=0`` is set, ``available()`` is False and the
-engine keeps to its torch reference paths.
+system's C compiler. The library is cached under ``$CANDLE_AGENTS_CACHE``
+(default ``~/.cache/candle-agents``), keyed by the sources, the flags and the
+CPU. Where no compiler works, or ``CANDLE_AGENTS_CPU_KERNELS=0`` is set,
+``available()`` is False and the engine keeps to its torch reference paths.
 """
 
 from __future__ import annotations
@@ -28,14 +28,34 @@ logger = logging.getLogger(__name__)
 _SOURCE_DIR = Path(__file__).parent
 MAX_HEAD_DIM = 256  # kernels.c keeps one K and one V row on the stack
 # Tried in order: the first set the compiler accepts wins. -march=native is
-# where the speed comes from (AVX-512/AVX2 dot products); OpenMP spreads
-# sequences over the cores.
+# where the speed comes from: the code picks its AVX-512 (VNNI), AVX2 or
+# portable paths from what the compiler targets, which is what this CPU runs.
+# AMX is never used, though -march=native may list it: some machines here
+# advertise it and fault on its instructions. OpenMP spreads the torch-style
+# loops over the cores.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-mcpu=native", "-fopenmp"],
     ["-O3", "-march=native"],
     ["-O3"],
 )
+# CANDLE_AGENTS_CPU_ISA pins a lower x86 level instead of -march=native, to
+# test (or work around) the other code paths on one machine.
+_ISA_FLAGS = {
+    "avx512": "-march=x86-64-v4",  # AVX-512 without VNNI
+    "avx2": "-march=x86-64-v3",  # AVX2 + FMA
+    "generic": "-march=x86-64",  # SSE2 only: the portable C paths
+}
+
+
+def _flag_sets() -> list[list[str]]:
+    isa = os.environ.get("CANDLE_AGENTS_CPU_ISA", "native")
+    if isa == "native":
+        return [list(f) for f in _FLAG_SETS]
+    if isa not in _ISA_FLAGS:
+        raise ValueError(f"CANDLE_AGENTS_CPU_ISA={isa!r}: use native, {', '.join(_ISA_FLAGS)}")
+    return [["-O3", _ISA_FLAGS[isa], "-fopenmp"], ["-O3", _ISA_FLAGS[isa]]]
+
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
@@ -67,7 +87,7 @@ def _sources() -> list[Path]:
 
 def _build(compiler: str, out: Path) -> bool:
     source = b"".join(p.name.encode() + p.read_bytes() for p in sorted(_SOURCE_DIR.glob("*.[ch]")))
-    for flags in _FLAG_SETS:
+    for flags in _flag_sets():
         key = hashlib.sha256(
             b"\0".join([source, " ".join(flags).encode(), compiler.encode(), _cpu_id().encode()])
         ).hexdigest()[:16]
