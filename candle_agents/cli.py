@@ -25,6 +25,48 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replay decode steps from captured CUDA graphs (CUDA with triton only)",
     )
+    q = p.add_argument_group("quantized weights (CPU)")
+    q.add_argument(
+        "--quantize",
+        choices=("q8_0", "q4_k"),
+        default=None,
+        help="quantize a float (HF) model's weights at load",
+    )
+    q.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="dequantize GGUF weights at load instead of running them quantized",
+    )
+    q.add_argument(
+        "--quantized-matmul",
+        choices=("exact", "int8"),
+        default=None,
+        help="exact: float32 sums; int8: int8 activations and integer dot products",
+    )
+    q.add_argument(
+        "--kv-cache-dtype",
+        choices=("auto", "float32", "bfloat16", "float16"),
+        default=None,
+        help="KV cache element type (auto: the model's dtype)",
+    )
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, object]:
+    """The EngineConfig fields the command line set (unset ones keep their defaults)."""
+    options = {
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_model_len": args.max_model_len,
+        "max_num_seqs": getattr(args, "max_num_seqs", None),
+        "kv_cache_memory": getattr(args, "kv_cache_memory", None),
+        "attention_backend": args.attention_backend,
+        "enable_cuda_graph": args.enable_cuda_graph or None,
+        "quantize": args.quantize,
+        "dequantize": args.dequantize or None,
+        "quantized_matmul": args.quantized_matmul,
+        "kv_cache_dtype": args.kv_cache_dtype,
+    }
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
@@ -210,14 +252,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):
     from candle_agents import Engine
 
-    return Engine.from_pretrained(
-        args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        attention_backend=args.attention_backend,
-        enable_cuda_graph=args.enable_cuda_graph,
-    )
+    return Engine.from_pretrained(args.model, **engine_options(args))
 
 
 def _params(args: argparse.Namespace):

@@ -165,3 +165,40 @@ def test_stops_at_eos_without_ignore_eos(engine):
     assert result.finish_reason == "stop"
     assert result.token_ids[-1] in engine.eos_token_ids
     assert "<|im_end|>" not in result.text
+
+
+@pytest.fixture(scope="module")
+def dequantized():
+    """The reference path: GGUF weights dequantized to float32 at load."""
+    eng = Engine.from_pretrained(dequantize=True, kv_cache_memory=64 * 2**20)
+    yield eng
+    eng.shutdown()
+
+
+def first_divergence(got, want) -> str:
+    """Where two greedy runs part, and how close the reference's top two choices were."""
+    for step, (a, b) in enumerate(zip(got.token_ids, want.token_ids)):
+        if a != b:
+            top = want.logprobs[step].top_logprobs
+            margin = top[0][2] - top[1][2]
+            return f"diverged at step {step}: {a} vs {b}, reference logit margin {margin:.2e}"
+    return "same tokens"
+
+
+def test_quantized_weights_give_the_dequantized_greedy_tokens(engine, dequantized):
+    # The default engine keeps the Q4_1/Q8_0 blocks and runs the exact kernels
+    # (weights dequantized in registers, float32 sums): within float rounding of
+    # the float32 matmuls, so greedy tokens are the same, alone and batched.
+    params = GenerationParams(
+        max_tokens=NEW, temperature=0.0, ignore_eos=True, logprobs=True, top_logprobs=2
+    )
+    assert type(engine.runner.model.lm_head).__name__ == "QuantLinear"
+    prompts = [chat(engine, q) for q in QUESTIONS]
+    want = dequantized.generate(prompts, params)
+    together = engine.generate(prompts, params)
+    alone = [engine.generate(p, params) for p in prompts[:4]]
+    for i, (w, t) in enumerate(zip(want, together)):
+        assert t.token_ids == w.token_ids, f"prompt {i} batched: {first_divergence(t, w)}"
+    for i, (w, a) in enumerate(zip(want, alone)):
+        assert a.token_ids == w.token_ids, f"prompt {i} alone: {first_divergence(a, w)}"
+    assert_all_blocks_free(engine)

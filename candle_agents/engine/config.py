@@ -11,6 +11,9 @@ from candle_agents.errors import ConfigError
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+QUANTIZED_MATMULS = ("exact", "int8")
+QUANTIZE_TYPES = ("q8_0", "q4_k")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,15 @@ class EngineConfig:
     any device). ``enable_cuda_graph`` replays decode steps of up to
     ``cuda_graph_max_batch`` sequences from captured CUDA graphs (CUDA with
     the triton backend only; ignored elsewhere, with a warning).
+
+    Quantized weights (CPU): GGUF matrices stay in their block formats and run
+    on C kernels; ``dequantize=True`` dequantizes them at load instead (the
+    reference path, and what CUDA does). ``quantize`` ("q8_0", "q4_k")
+    quantizes a float checkpoint's layers at load. ``quantized_matmul``
+    "exact" dequantizes weights in registers and sums in float32 (agrees with
+    float matmuls to rounding); "int8" quantizes activations per block and uses
+    integer dot products, as llama.cpp does. ``kv_cache_dtype`` "auto" follows
+    ``dtype``; float16 or bfloat16 halve the KV cache.
     """
 
     model: str | None = None
@@ -45,6 +57,10 @@ class EngineConfig:
     attention_backend: str = "auto"
     enable_cuda_graph: bool = False
     cuda_graph_max_batch: int = 256
+    dequantize: bool = False
+    quantize: str | None = None
+    quantized_matmul: str = "exact"
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
@@ -94,6 +110,26 @@ class EngineConfig:
                 f"attention_backend={self.attention_backend!r} is not supported: use one of "
                 f"{', '.join(ATTENTION_BACKENDS)}",
                 field="attention_backend",
+            )
+        for name, allowed in (
+            ("quantized_matmul", QUANTIZED_MATMULS),
+            ("kv_cache_dtype", KV_CACHE_DTYPES),
+        ):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"{name}={getattr(self, name)!r} is not supported: use one of "
+                    f"{', '.join(allowed)}",
+                    field=name,
+                )
+        if self.quantize is not None and self.quantize not in QUANTIZE_TYPES:
+            raise ConfigError(
+                f"quantize={self.quantize!r} is not supported: use one of "
+                f"{', '.join(QUANTIZE_TYPES)} (or None to keep the checkpoint's weights)",
+                field="quantize",
+            )
+        if not isinstance(self.dequantize, bool):
+            raise ConfigError(
+                f"dequantize={self.dequantize!r} must be True or False", field="dequantize"
             )
         if not isinstance(self.enable_cuda_graph, bool):
             raise ConfigError(

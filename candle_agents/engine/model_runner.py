@@ -16,6 +16,7 @@ from candle_agents.engine.layers.decoder import ForwardContext
 from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
 from candle_agents.engine.models import model_class
+from candle_agents.engine.quant.apply import finish_quantized, plan_quantized, weight_bytes
 from candle_agents.engine.scheduler import ScheduledBatch
 from candle_agents.errors import ConfigError, DeviceError, ModelLoadError
 
@@ -73,11 +74,18 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
+        self.kv_dtype = (
+            self.dtype if config.kv_cache_dtype == "auto" else _DTYPES[config.kv_cache_dtype]
+        )
         self.model_config = checkpoint.config
         self.model = self._load(checkpoint)
         self.block_size = config.block_size
         self.backend = get_backend(
-            config.attention_backend, self.device, self.dtype, self.model.spec.head_dim
+            config.attention_backend,
+            self.device,
+            self.dtype,
+            self.model.spec.head_dim,
+            kv_dtype=self.kv_dtype,
         )
         self.max_model_len = self._max_model_len()
         self.num_blocks, self.kv_caches = self._allocate_kv_cache()
@@ -111,18 +119,30 @@ class ModelRunner:
             raise ModelLoadError(
                 f"{ckpt.path}: config.json is missing or has bad fields: {exc}"
             ) from exc
+        plan = plan_quantized(
+            model,
+            ckpt,
+            self.device,
+            dequantize=self.config.dequantize,
+            quantize=self.config.quantize,
+            int8_activations=self.config.quantized_matmul == "int8",
+        )
         model = model.to_empty(device=self.device).to(self.dtype)
         model.tie_weights()
         model.requires_grad_(False)
-        weights = ckpt.weights()
+        weights = ckpt.weights(keep_quantized=plan.keep if plan else ())
         if sys.stderr.isatty():
             from tqdm import tqdm
 
             weights = tqdm(weights, total=ckpt.num_weights, desc=f"loading {ckpt.name}")
         with torch.no_grad():
             model.load_weights(weights)
+        if plan is not None:
+            finish_quantized(model, plan)
         if self.device.type == "cpu" and self._room_for_packed_copy(model):
             pack_linears(model)
+        self.weight_bytes = weight_bytes(model)
+        logger.info("model weights: %.1f MiB", self.weight_bytes / 2**20)
         return model.eval()
 
     def _room_for_packed_copy(self, model: torch.nn.Module) -> bool:
@@ -145,7 +165,12 @@ class ModelRunner:
         spec = self.model.spec
         layers = self.model.num_layers
         per_block = (
-            2 * layers * self.block_size * spec.num_kv_heads * spec.head_dim * self.dtype.itemsize
+            2
+            * layers
+            * self.block_size
+            * spec.num_kv_heads
+            * spec.head_dim
+            * self.kv_dtype.itemsize
         )
         mem = self.config.kv_cache_memory
         free = available_memory(self.device)
@@ -169,7 +194,7 @@ class ModelRunner:
         # One uninitialised buffer: touching gigabytes up front costs seconds of
         # page faults; blocks are zeroed on first use instead (zero_blocks), and
         # block 0, which pads block tables, now.
-        self.kv_buffer = torch.empty((2, layers, *shape), dtype=self.dtype, device=self.device)
+        self.kv_buffer = torch.empty((2, layers, *shape), dtype=self.kv_dtype, device=self.device)
         self.kv_buffer[:, :, 0].zero_()
         caches = [(self.kv_buffer[0, i], self.kv_buffer[1, i]) for i in range(layers)]
         logger.info(

@@ -8,10 +8,10 @@ import os
 import signal
 import socket
 import threading
-from typing import Any
 
 import uvicorn
 
+from candle_agents.cli import engine_options
 from candle_agents.server.app import create_app
 
 logger = logging.getLogger(__name__)
@@ -48,19 +48,7 @@ class _Server(uvicorn.Server):
 def run(args: argparse.Namespace) -> int:
     """Load the engine, serve until SIGINT/SIGTERM, shut down cleanly; the exit code."""
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    engine_config: dict[str, Any] = {
-        name: value
-        for name, value in (
-            ("device", args.device),
-            ("dtype", args.dtype),
-            ("max_model_len", args.max_model_len),
-            ("max_num_seqs", args.max_num_seqs),
-            ("kv_cache_memory", args.kv_cache_memory),
-            ("attention_backend", args.attention_backend),
-            ("enable_cuda_graph", args.enable_cuda_graph or None),
-        )
-        if value is not None
-    }
+    engine_config = engine_options(args)
     app = create_app(
         model=args.model,
         served_model_name=args.served_model_name,

@@ -25,22 +25,29 @@ __all__ = [
 
 
 def get_backend(
-    name: str, device: torch.device, dtype: torch.dtype, head_dim: int
+    name: str,
+    device: torch.device,
+    dtype: torch.dtype,
+    head_dim: int,
+    kv_dtype: torch.dtype | None = None,
 ) -> AttentionBackend:
-    """The backend called ``name``; "auto" picks the fastest one that runs here."""
+    """The backend called ``name``; "auto" picks the fastest one that runs here.
+
+    ``kv_dtype`` is the KV cache's dtype (the model's ``dtype`` when None)."""
+    kv_dtype = kv_dtype or dtype
     if name == "auto":
         if device.type == "cuda" and TritonAttentionBackend.supports(device, dtype, head_dim):
             return TritonAttentionBackend(device)
-        if CpuAttentionBackend.supports(device, dtype, head_dim):
+        if CpuAttentionBackend.supports(device, kv_dtype, head_dim):
             return CpuAttentionBackend()
         return TorchAttentionBackend()
     if name == "torch":
         return TorchAttentionBackend()
     if name == "cpu":
-        if not CpuAttentionBackend.supports(device, dtype, head_dim):
+        if not CpuAttentionBackend.supports(device, kv_dtype, head_dim):
             raise ConfigError(
-                f"attention_backend='cpu' needs device cpu, dtype float32 or bfloat16, "
-                f"head_dim <= 256 and a working C compiler (got {device}, {dtype}, "
+                f"attention_backend='cpu' needs device cpu, a float32 or bfloat16 KV cache, "
+                f"head_dim <= 256 and a working C compiler (got {device}, {kv_dtype}, "
                 f"head_dim {head_dim}; see the log for the compiler's output)",
                 field="attention_backend",
             )

@@ -6,7 +6,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from tokenizers import Tokenizer
 
 
@@ -36,8 +35,9 @@ class Checkpoint:
     name: str
     path: str
     config: dict[str, Any]
-    weights: Callable[[], Iterator[tuple[str, torch.Tensor]]]
+    weights: Callable[..., Iterator[tuple[str, Any]]]
     num_weights: int
     tokenizer: Tokenizer
     tokenizer_info: TokenizerInfo
     eos_token_ids: list[int] = field(default_factory=list)
+    quantized: dict[str, int] = field(default_factory=dict)

@@ -1,7 +1,8 @@
 """Open a GGUF file (llama.cpp's format) as a Checkpoint.
 
 The metadata becomes an HF ``config.json``-shaped dict, the tensors are renamed
-to HF parameter names and dequantized to float32 one at a time, and the
+to HF parameter names and either kept in their block format or dequantized to
+float32 one at a time, and the
 ``tokenizer.ggml.*`` vocabulary is rebuilt as a ``tokenizers.Tokenizer``.
 """
 
@@ -11,18 +12,19 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
-from gguf import GGUFReader, GGUFValueType
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
 from gguf.gguf_reader import ReaderField, ReaderTensor
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from candle_agents.engine.loader.base import Checkpoint, TokenizerInfo
 from candle_agents.engine.loader.dequant import dequantize
+from candle_agents.engine.quant.tensor import QuantTensor
 from candle_agents.errors import ModelLoadError
 
 __all__ = ["SUPPORTED_ARCHITECTURES", "build_gguf_tokenizer", "gguf_config", "load_gguf"]
@@ -68,26 +70,39 @@ _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
 
 
 def load_gguf(path: str | os.PathLike) -> Checkpoint:
-    """Open ``path`` lazily: metadata and tokenizer now, weights when iterated."""
+    """Open ``path`` lazily: metadata and tokenizer now, weights when iterated.
+
+    ``checkpoint.quantized`` lists the matrices stored in a block format (or
+    F16/BF16); ``weights(keep_quantized=names)`` yields those of ``names`` as
+    ``QuantTensor`` blocks read from the file as they are, and dequantizes
+    every other tensor to float32.
+    """
     file = Path(path)
     reader = _open_reader(file)
     config = gguf_config(reader)
     permute = _field(reader, "general.architecture") in _PERMUTED_QK
     plan = _weight_plan(reader.tensors, config, permute)
     tokenizer, info, eos_ids = build_gguf_tokenizer(reader)
+    quantized = {
+        hf_name: int(tensor.tensor_type) for hf_name, tensor, _ in plan if _keeps_blocks(tensor)
+    }
 
-    def weights() -> Iterator[tuple[str, torch.Tensor]]:
-        for hf_name, tensor, heads in plan:
-            try:
-                weight = dequantize(tensor.data, tensor.tensor_type, _hf_shape(tensor))
-            except (ValueError, NotImplementedError) as exc:
-                raise ModelLoadError(
-                    f"cannot dequantize GGUF tensor {tensor.name!r} "
-                    f"({tensor.tensor_type.name}) in {file.name}: {exc}"
-                ) from exc
-            if heads:
-                weight = _unpermute_rotary(weight, heads)
-            yield hf_name, weight
+    def weights(keep_quantized: Collection[str] = ()) -> Iterator[tuple[str, Any]]:
+        with file.open("rb") as fh:
+            for hf_name, tensor, heads in plan:
+                if hf_name in keep_quantized and hf_name in quantized:
+                    yield hf_name, _read_blocks(fh, tensor, heads)
+                    continue
+                try:
+                    weight = dequantize(tensor.data, tensor.tensor_type, _hf_shape(tensor))
+                except (ValueError, NotImplementedError) as exc:
+                    raise ModelLoadError(
+                        f"cannot dequantize GGUF tensor {tensor.name!r} "
+                        f"({tensor.tensor_type.name}) in {file.name}: {exc}"
+                    ) from exc
+                if heads:
+                    weight = _unpermute_rotary(weight, heads)
+                yield hf_name, weight
 
     return Checkpoint(
         name=str(_field(reader, "general.name") or file.stem),
@@ -98,7 +113,35 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
         tokenizer=tokenizer,
         tokenizer_info=info,
         eos_token_ids=eos_ids,
+        quantized=quantized,
     )
+
+
+def _keeps_blocks(tensor: ReaderTensor) -> bool:
+    """Matrices in a block format (or F16/BF16) stay as stored; F32 ones and vectors
+    are small or already float32."""
+    return len(tensor.shape) == 2 and tensor.tensor_type != GGMLQuantizationType.F32
+
+
+def _read_blocks(fh: BinaryIO, tensor: ReaderTensor, heads: int) -> QuantTensor:
+    """The tensor's bytes read from the file into memory the model owns.
+
+    Read, not memory-mapped: pages touched through the reader's map would
+    count in the process's resident memory beside the copy the model keeps.
+    """
+    buf = torch.empty(int(tensor.n_bytes), dtype=torch.uint8)
+    fh.seek(int(tensor.data_offset))
+    if fh.readinto(buf.numpy()) != buf.numel():
+        raise ModelLoadError(f"GGUF tensor {tensor.name!r} is cut short: the file is truncated")
+    rows, cols = _hf_shape(tensor)
+    try:
+        weight = QuantTensor.from_bytes(buf, tensor.tensor_type, (rows, cols))
+    except ValueError as exc:
+        raise ModelLoadError(f"GGUF tensor {tensor.name!r}: {exc}") from exc
+    if heads:
+        order = _unpermute_rotary(torch.arange(rows).unsqueeze(1), heads).squeeze(1)
+        weight = weight.permute_rows(order)
+    return weight
 
 
 # -- reading ----------------------------------------------------------------------

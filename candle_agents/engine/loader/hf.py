@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,8 @@ def load_hf_folder(path: str | Path) -> Checkpoint:
             for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)
                 names[key] = f
 
-    def weights() -> Iterator[tuple[str, torch.Tensor]]:
+    def weights(keep_quantized: Collection[str] = ()) -> Iterator[tuple[str, torch.Tensor]]:
+        # Float checkpoints have nothing quantized to keep.
         for f in files:
             with safe_open(str(f), framework="pt") as st:
                 for key in st.keys():  # noqa: SIM118 (safe_open is not iterable)

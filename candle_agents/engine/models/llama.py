@@ -45,8 +45,11 @@ class LlamaForCausalLM(nn.Module):
         self.rotary: RotaryEmbedding | None = None
 
     def tie_weights(self) -> None:
-        """Share the embedding with the output head (again after device moves untie it)."""
-        if self.tie_word_embeddings:
+        """Share the embedding with the output head (again after device moves untie it).
+
+        Float layers share a parameter; quantized ones share blocks, tied at load
+        (``quant.apply.finish_quantized``)."""
+        if self.tie_word_embeddings and isinstance(self.embed_tokens, nn.Embedding):
             self.lm_head.weight = self.embed_tokens.weight
 
     @classmethod
@@ -104,6 +107,10 @@ class LlamaForCausalLM(nn.Module):
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named tensors into our (partly fused) parameters; check none is missing."""
         params = dict(self.named_parameters())
+        # Quantized layers (engine.quant) take their weight rows as blocks.
+        blocks = {
+            f"{path}.weight": m for path, m in self.named_modules() if hasattr(m, "load_rows")
+        }
         loaded: set[str] = set()
         for hf_name, tensor in weights:
             name = hf_name.removeprefix("model.")
@@ -112,6 +119,14 @@ class LlamaForCausalLM(nn.Module):
             if name == "lm_head.weight" and self.tie_word_embeddings:
                 continue
             target, part = self._map_name(name)
+            if target in blocks:
+                start = 0 if part is None else self._bounds(target, part)[0]
+                try:
+                    blocks[target].load_rows(start, tensor)
+                except ValueError as exc:
+                    raise ModelLoadError(f"checkpoint tensor {hf_name!r}: {exc}") from exc
+                loaded.add(target if part is None else f"{target}#{part}")
+                continue
             if target not in params:
                 raise ModelLoadError(f"checkpoint tensor {hf_name!r} has no place in the model")
             param = params[target]
@@ -124,7 +139,8 @@ class LlamaForCausalLM(nn.Module):
             dest.copy_(tensor)
             loaded.add(target if part is None else f"{target}#{part}")
         expected = set()
-        for name in params:
+        tied_head = {"lm_head.weight"} if self.tie_word_embeddings else set()
+        for name in [*params, *(set(blocks) - tied_head)]:
             parts = self._num_parts(name)
             expected.update([name] if parts == 0 else (f"{name}#{i}" for i in range(parts)))
         missing = sorted(expected - loaded)
@@ -148,12 +164,15 @@ class LlamaForCausalLM(nn.Module):
             return 2
         return 0
 
-    def _slice(self, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
+    def _bounds(self, target: str, part: int) -> tuple[int, int]:
+        """The rows of fused parameter ``target`` that checkpoint part ``part`` fills."""
         s = self.spec
         if "qkv_proj" in target:
             q, kv = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
-            bounds = [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][part]
-        else:
-            i = s.intermediate_size
-            bounds = [(0, i), (i, 2 * i)][part]
-        return data[bounds[0] : bounds[1]]
+            return [(0, q), (q, q + kv), (q + kv, q + 2 * kv)][part]
+        i = s.intermediate_size
+        return [(0, i), (i, 2 * i)][part]
+
+    def _slice(self, target: str, data: torch.Tensor, part: int) -> torch.Tensor:
+        lo, hi = self._bounds(target, part)
+        return data[lo:hi]

@@ -1,0 +1,179 @@
+"""Linear and embedding layers whose weights stay in GGUF block formats.
+
+Every model uses them unchanged: the loader swaps them in for ``nn.Linear``
+and ``nn.Embedding`` where the checkpoint's weights are quantized (or are to
+be quantized at load), and ``load_rows`` fills them part by part (a fused
+QKV projection may hold Q4_K rows for Q and K and Q6_K rows for V).
+
+Matmuls run in the C kernels (``cpu_kernels.quant_gemm``):
+- up to ``PREFILL_MIN_ROWS`` rows (decode steps): straight from the blocks,
+  on the exact path (weights dequantized in registers, float32 sums) or the
+  int8 one (activations quantized per block, integer dot products);
+- more rows (prefill chunks): a slab of weight rows is dequantized into a
+  float buffer that stays in cache and multiplied by every row at once.
+"""
+
+from __future__ import annotations
+
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+from torch import nn
+
+from candle_agents.engine import cpu_kernels
+from candle_agents.engine.quant.tensor import QuantTensor
+
+__all__ = ["PREFILL_MIN_ROWS", "QuantEmbedding", "QuantLinear"]
+
+Q = GGMLQuantizationType
+
+PREFILL_MIN_ROWS = 64
+# Weight slab of the prefill path: big enough for a fast GEMM, small enough for L2.
+_SLAB_BYTES = 1 << 20
+
+
+def _to_blocks(weight: torch.Tensor, qtype: int | None) -> QuantTensor:
+    """A float matrix as ``qtype`` blocks; rows too short for the type's blocks fall
+    back to Q8_0 (as llama.cpp's quantizer does for K-quants), then to float32."""
+    rows, cols = weight.shape
+    if qtype is not None and cols % GGML_QUANT_SIZES[Q(qtype)][0] == 0:
+        from candle_agents.engine.quant.quantize import quantize
+
+        return QuantTensor(quantize(weight, qtype), int(qtype), (rows, cols))
+    if qtype is not None and qtype != Q.Q8_0 and cols % 32 == 0:
+        return _to_blocks(weight, Q.Q8_0)
+    return QuantTensor(weight.view(torch.uint8).reshape(rows, -1), int(Q.F32), (rows, cols))
+
+
+class _BlockWeights(nn.Module):
+    """Holds ``QuantTensor`` parts covering rows ``[0, rows)`` of one weight matrix."""
+
+    def __init__(self, rows: int, cols: int, quantize_to: int | None) -> None:
+        super().__init__()
+        self.rows, self.cols = rows, cols
+        self.quantize_to = quantize_to
+        self.parts: list[tuple[int, QuantTensor]] = []
+
+    def load_rows(self, start: int, weight: QuantTensor | torch.Tensor) -> None:
+        """Rows ``start..`` of the weight: blocks as they are, or a float matrix that is
+        quantized to ``quantize_to`` (or kept as float32 blocks where that is None)."""
+        if not isinstance(weight, QuantTensor):
+            weight = _to_blocks(weight.detach().float().contiguous(), self.quantize_to)
+        rows, cols = weight.shape
+        if cols != self.cols or start < 0 or start + rows > self.rows:
+            raise ValueError(
+                f"rows {start}..{start + rows} of a {cols}-column weight do not fit a "
+                f"[{self.rows}, {self.cols}] matrix"
+            )
+        self.parts = sorted([*self.parts, (start, weight)], key=lambda p: p[0])
+        self.register_buffer(f"blocks_{len(self.parts) - 1}", weight.data, persistent=False)
+
+    def check_complete(self, name: str) -> None:
+        covered = 0
+        for start, weight in self.parts:
+            if start != covered:
+                break
+            covered += weight.shape[0]
+        if covered != self.rows:
+            raise ValueError(f"{name}: the checkpoint filled {covered} of {self.rows} rows")
+
+    def weight_bytes(self) -> int:
+        return sum(w.nbytes for _, w in self.parts)
+
+    def dequantized(self) -> torch.Tensor:
+        """The whole float32 matrix (for tests and references)."""
+        return torch.cat([w.dequantize() for _, w in self.parts])
+
+
+class QuantLinear(_BlockWeights):
+    """``y = x @ W.T + b`` with ``W`` in block formats; ``b`` stays a float parameter."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        quantize_to: int | None = None,
+        int8_activations: bool = False,
+    ) -> None:
+        super().__init__(out_features, in_features, quantize_to)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+        self.int8_activations = int8_activations
+
+    @classmethod
+    def tied_to(cls, embedding: QuantEmbedding, int8_activations: bool) -> QuantLinear:
+        """An output head that reads the embedding's blocks (no second copy)."""
+        head = cls(embedding.cols, embedding.rows, int8_activations=int8_activations)
+        head.parts = embedding.parts
+        return head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        if x2.dtype != torch.float32 or x2.stride(-1) != 1:
+            x2 = x2.float().contiguous()
+        if x2.shape[0] >= PREFILL_MIN_ROWS:
+            out = self._prefill(x2)
+        else:
+            out = x2.new_empty(x2.shape[0], self.out_features)
+            for start, w in self.parts:
+                stop = start + w.shape[0]
+                bias = None if self.bias is None else self.bias[start:stop]
+                cpu_kernels.quant_gemm(
+                    x2, w.data, w.qtype, bias, fast=self.int8_activations, out=out[:, start:stop]
+                )
+        return out.view(*lead, self.out_features).to(x.dtype)
+
+    def _prefill(self, x: torch.Tensor) -> torch.Tensor:
+        # Computed as out.T, whose row slices are contiguous: each slab's product
+        # lands in place, and one transpose at the end replaces a copy per slab.
+        out_t = x.new_empty(self.out_features, x.shape[0])
+        step = max(16, _SLAB_BYTES // (4 * self.in_features))
+        slab = x.new_empty(min(step, self.out_features), self.in_features)
+        for start, w in self.parts:
+            for r0 in range(0, w.shape[0], step):
+                r1 = min(w.shape[0], r0 + step)
+                part = slab[: r1 - r0]
+                cpu_kernels.quant_dequant_rows(w.data[r0:r1], w.qtype, self.in_features, out=part)
+                torch.mm(part, x.t(), out=out_t[start + r0 : start + r1])
+        out = out_t.t().contiguous()
+        if self.bias is not None:
+            out += self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        kinds = sorted({w.type_name for _, w in self.parts})
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}, types={'+'.join(kinds) or 'unloaded'}"
+        )
+
+
+class QuantEmbedding(_BlockWeights):
+    """Token embedding whose rows are dequantized on lookup."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, quantize_to: int | None = None):
+        super().__init__(num_embeddings, embedding_dim, quantize_to)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.dtype = torch.float32
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        flat = ids.reshape(-1).to(torch.int64)
+        out = torch.empty(flat.shape[0], self.embedding_dim)
+        for start, w in self.parts:
+            stop = start + w.shape[0]
+            if len(self.parts) == 1:
+                rows, picked = flat, slice(None)
+            else:
+                picked = ((flat >= start) & (flat < stop)).nonzero().squeeze(1)
+                rows = flat[picked] - start
+            if rows.numel():
+                got = cpu_kernels.quant_dequant_rows(
+                    w.data, w.qtype, self.embedding_dim, rows=rows.contiguous()
+                )
+                out[picked] = got
+        return out.view(*ids.shape, self.embedding_dim).to(self.dtype)
+
+    def extra_repr(self) -> str:
+        kinds = sorted({w.type_name for _, w in self.parts})
+        return f"{self.num_embeddings}, {self.embedding_dim}, types={'+'.join(kinds) or 'unloaded'}"
