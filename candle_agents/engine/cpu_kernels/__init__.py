@@ -481,3 +481,28 @@ def quant_dequant_rows(
     if rc != 0:
         raise ValueError(f"quant_dequant_rows: type {qtype} with K={k} is not supported")
     return out
+
+
+def num_threads() -> int:
+    """The thread count the kernels use: torch's setting for the calling thread."""
+    return torch.get_num_threads()
+
+
+def quant_gemm_raw(
+    qtype: int,
+    w_ptr: int,
+    n: int,
+    k: int,
+    x_ptr: int,
+    m: int,
+    ldx: int,
+    bias_ptr: int | None,
+    out_ptr: int,
+    ldo: int,
+    fast: int,
+    threads: int,
+) -> None:
+    """``quant_gemm`` on raw pointers, with no checks: for layers that validated their
+    weights once at load (a decode step makes hundreds of these calls)."""
+    if _lib.quant_gemm(qtype, w_ptr, n, k, x_ptr, m, ldx, bias_ptr, out_ptr, ldo, fast, threads):
+        raise ValueError(f"quant_gemm: type {qtype} with K={k} is not supported")

@@ -100,6 +100,9 @@ def finish_quantized(model: nn.Module, plan: QuantPlan) -> None:
     for path, module in model.named_modules():
         if isinstance(module, _BlockWeights) and module.parts:
             module.check_complete(path)
+            module.merge_parts()
+            if isinstance(module, QuantLinear):
+                module.prepare()
         elif isinstance(module, _BlockWeights) and not (
             path == "lm_head" and getattr(model, "tie_word_embeddings", False)
         ):

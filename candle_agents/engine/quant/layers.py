@@ -76,6 +76,23 @@ class _BlockWeights(nn.Module):
         if covered != self.rows:
             raise ValueError(f"{name}: the checkpoint filled {covered} of {self.rows} rows")
 
+    def merge_parts(self) -> None:
+        """Join neighbouring parts of one type (Q, K and V rows of a fused projection):
+        one kernel call a step instead of one per part, the same bytes."""
+        merged: list[tuple[int, QuantTensor]] = []
+        for start, w in self.parts:
+            if merged and merged[-1][1].qtype == w.qtype:
+                first, prev = merged[-1]
+                data = torch.cat([prev.data, w.data])
+                merged[-1] = (first, QuantTensor(data, w.qtype, (data.shape[0], self.cols)))
+            else:
+                merged.append((start, w))
+        for name in [n for n, _ in self.named_buffers(recurse=False)]:
+            delattr(self, name)
+        self.parts = merged
+        for i, (_, w) in enumerate(merged):
+            self.register_buffer(f"blocks_{i}", w.data, persistent=False)
+
     def weight_bytes(self) -> int:
         return sum(w.nbytes for _, w in self.parts)
 
@@ -99,28 +116,63 @@ class QuantLinear(_BlockWeights):
         self.in_features, self.out_features = in_features, out_features
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
         self.int8_activations = int8_activations
+        self._calls: list[tuple] = []
+        self._bias32: torch.Tensor | None = None
+
+    @property
+    def fast(self) -> int:
+        return int(self.int8_activations)
 
     @classmethod
     def tied_to(cls, embedding: QuantEmbedding, int8_activations: bool) -> QuantLinear:
         """An output head that reads the embedding's blocks (no second copy)."""
         head = cls(embedding.cols, embedding.rows, int8_activations=int8_activations)
         head.parts = embedding.parts
+        head.prepare()
         return head
+
+    def prepare(self) -> None:
+        """Fix the kernel calls of the decode path once the weights are loaded: it runs
+        hundreds of times a token, so nothing is looked up or checked per call."""
+        bias = None if self.bias is None else self.bias.detach().float().contiguous()
+        self._bias32 = bias
+        self._calls = [
+            (
+                w.qtype,
+                w.data.data_ptr(),
+                w.shape[0],
+                start * 4,  # byte offset of the part's first output column
+                None if bias is None else bias[start:].data_ptr(),
+            )
+            for start, w in self.parts
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, self.in_features)
         if x2.dtype != torch.float32 or x2.stride(-1) != 1:
             x2 = x2.float().contiguous()
-        if x2.shape[0] >= PREFILL_MIN_ROWS:
+        m = x2.shape[0]
+        if m >= PREFILL_MIN_ROWS:
             out = self._prefill(x2)
         else:
-            out = x2.new_empty(x2.shape[0], self.out_features)
-            for start, w in self.parts:
-                stop = start + w.shape[0]
-                bias = None if self.bias is None else self.bias[start:stop]
-                cpu_kernels.quant_gemm(
-                    x2, w.data, w.qtype, bias, fast=self.int8_activations, out=out[:, start:stop]
+            out = x2.new_empty(m, self.out_features)
+            gemm, threads = cpu_kernels.quant_gemm_raw, cpu_kernels.num_threads()
+            x_ptr, out_ptr, ldx, fast = x2.data_ptr(), out.data_ptr(), x2.stride(0), self.fast
+            for qtype, w_ptr, rows, offset, bias_ptr in self._calls:
+                gemm(
+                    qtype,
+                    w_ptr,
+                    rows,
+                    self.in_features,
+                    x_ptr,
+                    m,
+                    ldx,
+                    bias_ptr,
+                    out_ptr + offset,
+                    self.out_features,
+                    fast,
+                    threads,
                 )
         return out.view(*lead, self.out_features).to(x.dtype)
 
@@ -137,8 +189,8 @@ class QuantLinear(_BlockWeights):
                 cpu_kernels.quant_dequant_rows(w.data[r0:r1], w.qtype, self.in_features, out=part)
                 torch.mm(part, x.t(), out=out_t[start + r0 : start + r1])
         out = out_t.t().contiguous()
-        if self.bias is not None:
-            out += self.bias
+        if self._bias32 is not None:
+            out += self._bias32
         return out
 
     def extra_repr(self) -> str:
