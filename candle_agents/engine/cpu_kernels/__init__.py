@@ -128,14 +128,14 @@ def _open(path: Path) -> bool:
             i32,
             [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32],
         ),
+        "pool_threads": (i32, []),
+        "pool_shutdown": (None, []),
         "rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "add_rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
         "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
         "gemm_packed": (i32, [ptr, i64, i64, ptr, ptr, i64, ptr, i32]),
         "release_thread_pool": (i32, []),
-        "pool_threads": (i32, []),
-        "pool_shutdown": (None, []),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
