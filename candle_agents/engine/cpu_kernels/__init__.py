@@ -31,8 +31,8 @@ MAX_HEAD_DIM = 256  # kernels.c keeps one K and one V row on the stack
 # where the speed comes from: the code picks its AVX-512 (VNNI), AVX2 or
 # portable paths from what the compiler targets, which is what this CPU runs.
 # AMX is never used, though -march=native may list it: some machines here
-# advertise it and fault on its instructions. OpenMP spreads the torch-style
-# loops over the cores.
+# advertise it and fault on its instructions. The kernels run on their own
+# thread pool (pool.c); -fopenmp is for `omp simd` and release_thread_pool().
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-mcpu=native", "-fopenmp"],
@@ -128,6 +128,8 @@ def _open(path: Path) -> bool:
             i32,
             [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32],
         ),
+        "pool_threads": (i32, []),
+        "pool_shutdown": (None, []),
         "rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "add_rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
@@ -335,6 +337,27 @@ def release_thread_pool() -> bool:
     starts a new pool; that costs speed, not correctness.
     """
     return available() and _lib.release_thread_pool() == 0
+
+
+def pool_threads() -> int:
+    """Threads in the kernels' own pool (pool.c): live workers + 1 for the caller.
+
+    Workers are created on the first parallel kernel and grown to the most
+    threads any call asked for (at most the CPUs this process may use).
+    """
+    if not available():
+        return 1
+    return _lib.pool_threads()
+
+
+def pool_shutdown() -> None:
+    """Join the kernels' pool workers (e.g. when an engine stops).
+
+    Safe while other threads call kernels: it waits for the job in flight, and
+    the next parallel kernel creates the workers again.
+    """
+    if available():
+        _lib.pool_shutdown()
 
 
 def _threads() -> int:

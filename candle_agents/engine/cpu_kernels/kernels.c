@@ -1,17 +1,20 @@
 /* CPU kernels for the engine, called through ctypes (see __init__.py).
  *
- * Plain C with OpenMP: no torch headers, so it compiles in about a second on
- * first use. torch is imported before this library is loaded, so the OpenMP
- * runtime resolves to the one torch already uses and both share one pool of
- * threads instead of competing for the cores.
+ * Plain C: no torch headers, so it compiles in about a second on first use.
+ * The kernels run their tasks on the engine's own thread pool (pool.c), not
+ * on OpenMP: an OpenMP pool is per calling thread and shared with torch, and
+ * one left idle by another thread throttled every region (see pool.c).
  *
  * Caches are laid out [num_blocks, kv_heads, block_size, head_dim] (the torch
  * backend's layout), in float32 or bfloat16. Accumulation is in float32.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "pool.h"
 
 #define MAX_HEAD_DIM 256
 
@@ -102,6 +105,36 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
 /* Below this many elements one thread wins: waking a second one costs 50-100 us
  * on a VM, longer than the whole op (measured on 2 vCPUs). */
 #define PAR_MIN_ELEMS (1 << 18)
+/* Tasks per thread for the row-wise ops: contiguous row chunks, a few per
+ * thread so that a worker that starts late leaves its share to the others. */
+#define CHUNKS_PER_THREAD 4
+
+/* A row-wise op split into contiguous row ranges on the pool. */
+typedef struct {
+    void (*rows_fn)(const void *args, int64_t r0, int64_t r1);
+    const void *args;
+    int64_t rows, per_task;
+} row_job;
+
+static void row_task(void *p, int64_t t) {
+    const row_job *job = p;
+    int64_t r0 = t * job->per_task, r1 = r0 + job->per_task;
+    job->rows_fn(job->args, r0, r1 < job->rows ? r1 : job->rows);
+}
+
+/* rows_fn over [0, rows), on one thread when rows * width < PAR_MIN_ELEMS. */
+static void run_rows(void (*rows_fn)(const void *, int64_t, int64_t), const void *args,
+                     int64_t rows, int64_t width, int threads) {
+    if (rows <= 0) return;
+    if (threads <= 1 || rows * width < PAR_MIN_ELEMS) {
+        rows_fn(args, 0, rows);
+        return;
+    }
+    int64_t tasks = (int64_t)threads * CHUNKS_PER_THREAD;
+    if (tasks > rows) tasks = rows;
+    row_job job = {rows_fn, args, rows, (rows + tasks - 1) / tasks};
+    pool_run(row_task, &job, (rows + job.per_task - 1) / job.per_task, threads);
+}
 
 static inline void norm_row(const float *x, const float *w, float *out, int dim, float eps) {
     float ss = 0.0f;
@@ -112,24 +145,43 @@ static inline void norm_row(const float *x, const float *w, float *out, int dim,
     for (int j = 0; j < dim; j++) out[j] = w[j] * (x[j] * r);
 }
 
+typedef struct {
+    float *x, *residual, *out;
+    const float *w;
+    int dim;
+    float eps;
+} norm_args;
+
+static void rms_norm_rows(const void *p, int64_t r0, int64_t r1) {
+    const norm_args *a = p;
+    for (int64_t r = r0; r < r1; r++)
+        norm_row(a->x + r * a->dim, a->w, a->out + r * a->dim, a->dim, a->eps);
+}
+
 /* out = w * x / rms(x), row by row. */
 void rms_norm(const float *x, const float *w, float *out, int64_t rows, int dim, float eps,
               int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= PAR_MIN_ELEMS)
-    for (int64_t r = 0; r < rows; r++) norm_row(x + r * dim, w, out + r * dim, dim, eps);
+    norm_args a = {(float *)x, NULL, out, w, dim, eps};
+    run_rows(rms_norm_rows, &a, rows, dim, threads);
+}
+
+static void add_rms_norm_rows(const void *p, int64_t r0, int64_t r1) {
+    const norm_args *a = p;
+    int dim = a->dim;
+    for (int64_t r = r0; r < r1; r++) {
+        float *res = a->residual + r * dim, *xr = a->x + r * dim;
+#pragma omp simd
+        for (int j = 0; j < dim; j++) res[j] = res[j] + xr[j];
+        norm_row(res, a->w, xr, dim, a->eps);
+    }
 }
 
 /* residual += x; x = w * residual / rms(residual): the residual stream's add
  * fused with the next norm, both in place. */
 void add_rms_norm(float *x, float *residual, const float *w, int64_t rows, int dim, float eps,
                   int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * dim >= PAR_MIN_ELEMS)
-    for (int64_t r = 0; r < rows; r++) {
-        float *res = residual + r * dim, *xr = x + r * dim;
-#pragma omp simd
-        for (int j = 0; j < dim; j++) res[j] = res[j] + xr[j];
-        norm_row(res, w, xr, dim, eps);
-    }
+    norm_args a = {x, residual, NULL, w, dim, eps};
+    run_rows(add_rms_norm_rows, &a, rows, dim, threads);
 }
 
 /* exp(x) in float32: x = n ln2 + r with |r| <= ln2/2, exp(r) by a degree-6
@@ -208,29 +260,48 @@ static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
 }
 #endif
 
-/* out[r] = silu(gate_up[r, :inter]) * gate_up[r, inter:]. */
-void silu_and_mul(const float *gate_up, float *out, int64_t rows, int inter, int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * inter >= PAR_MIN_ELEMS)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *g = gate_up + r * 2 * inter, *u = g + inter;
-        float *o = out + r * inter;
+typedef struct {
+    const float *gate_up;
+    float *out;
+    int inter;
+} silu_args;
+
+static void silu_rows(const void *p, int64_t r0, int64_t r1) {
+    const silu_args *a = p;
+    int inter = a->inter;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *g = a->gate_up + r * 2 * inter, *u = g + inter;
+        float *o = a->out + r * inter;
         int j = 0;
         for (; j + LANES <= inter; j += LANES) silu_mul_lanes(g + j, u + j, o + j);
         for (; j < inter; j++) o[j] = silu_mul_scalar(g[j], u[j]);
     }
 }
 
+/* out[r] = silu(gate_up[r, :inter]) * gate_up[r, inter:]. */
+void silu_and_mul(const float *gate_up, float *out, int64_t rows, int inter, int threads) {
+    silu_args a = {gate_up, out, inter};
+    run_rows(silu_rows, &a, rows, inter, threads);
+}
+
 /* Rotary embedding (rotate-half form), in place on `heads` heads of `d` per
  * row; rows are `stride` floats apart, so q and k can be rotated inside the
  * fused QKV output. cos/sin are [positions, d] tables. */
-void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float *sin_t,
-            const int64_t *pos, int64_t rows, int d, int threads) {
-    int half = d / 2;
-#pragma omp parallel for schedule(static) num_threads(threads) if (rows * heads * d >= PAR_MIN_ELEMS)
-    for (int64_t r = 0; r < rows; r++) {
-        const float *c = cos_t + pos[r] * d, *s = sin_t + pos[r] * d;
-        for (int h = 0; h < heads; h++) {
-            float *v = x + r * stride + (int64_t)h * d;
+typedef struct {
+    float *x;
+    int64_t stride;
+    int heads, d;
+    const float *cos_t, *sin_t;
+    const int64_t *pos;
+} rotary_args;
+
+static void rotary_rows(const void *p, int64_t r0, int64_t r1) {
+    const rotary_args *ra = p;
+    int d = ra->d, half = d / 2;
+    for (int64_t r = r0; r < r1; r++) {
+        const float *c = ra->cos_t + ra->pos[r] * d, *s = ra->sin_t + ra->pos[r] * d;
+        for (int h = 0; h < ra->heads; h++) {
+            float *v = ra->x + r * ra->stride + (int64_t)h * d;
 #pragma omp simd
             for (int j = 0; j < half; j++) {
                 float a = v[j], b = v[j + half];
@@ -239,6 +310,12 @@ void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float
             }
         }
     }
+}
+
+void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float *sin_t,
+            const int64_t *pos, int64_t rows, int d, int threads) {
+    rotary_args a = {x, stride, heads, d, cos_t, sin_t, pos};
+    run_rows(rotary_rows, &a, rows, (int64_t)heads * d, threads);
 }
 
 /* ---- decode attention, AVX-512 -------------------------------------------
@@ -389,6 +466,46 @@ static void decode_group_v512(const float *q, const void *kc, const void *vc, in
 }
 #endif
 
+typedef struct {
+    const float *q;
+    const void *k_cache, *v_cache;
+    int is_bf16;
+    const int64_t *tables;
+    int64_t table_stride;
+    const int64_t *seq_lens;
+    float *out;
+    int heads, kv_heads, d, bs;
+    float scale;
+    _Atomic int failed;
+} attn_args;
+
+/* Task (sequence s, KV head kvh): the g query heads sharing that KV head.
+ * One task each, claimed dynamically: histories differ in length. */
+static void attn_task(void *p, int64_t task) {
+    attn_args *a = p;
+    int kv_heads = a->kv_heads, d = a->d, bs = a->bs, g = a->heads / kv_heads;
+    int64_t s = task / kv_heads, kvh = task % kv_heads;
+    int64_t row = (s * a->heads + kvh * g) * d;
+    int64_t block_stride = (int64_t)kv_heads * bs * d, head_off = kvh * bs * d;
+    const int64_t *table = a->tables + s * a->table_stride;
+    int64_t len = a->seq_lens[s];
+#if defined(__AVX512F__)
+    if (d % 16 == 0 && d <= 16 * C_MAX) {
+        decode_group_v512(a->q + row, a->k_cache, a->v_cache, a->is_bf16, table, len,
+                          block_stride, head_off, bs, d, g, a->scale, a->out + row);
+        return;
+    }
+#endif
+    float *scores = malloc(sizeof(float) * (size_t)g * (size_t)(len > 0 ? len : 1));
+    if (!scores) {
+        atomic_store_explicit(&a->failed, 1, memory_order_relaxed);
+        return;
+    }
+    decode_group(a->q + row, a->k_cache, a->v_cache, a->is_bf16, table, len, block_stride,
+                 head_off, bs, d, g, a->scale, scores, a->out + row);
+    free(scores);
+}
+
 /* One query token per sequence over its paged history.
  * q, out: [batch, heads, d] float32; tables: [batch, table_stride] int64;
  * seq_lens: [batch] int64. Returns 0, or -1 if scratch memory ran out. */
@@ -396,38 +513,10 @@ int paged_decode_attention(const float *q, const void *k_cache, const void *v_ca
                            int is_bf16, const int64_t *tables, int64_t table_stride,
                            const int64_t *seq_lens, float *out, int batch, int heads,
                            int kv_heads, int d, int bs, float scale, int threads) {
-    int g = heads / kv_heads;
-    int64_t block_stride = (int64_t)kv_heads * bs * d;
-    int failed = 0;
-#if defined(__AVX512F__)
-    if (d % 16 == 0 && d <= 16 * C_MAX) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-        for (int task = 0; task < batch * kv_heads; task++) {
-            int s = task / kv_heads, kvh = task % kv_heads;
-            int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
-            decode_group_v512(q + row, k_cache, v_cache, is_bf16,
-                              tables + (int64_t)s * table_stride, seq_lens[s], block_stride,
-                              (int64_t)kvh * bs * d, bs, d, g, scale, out + row);
-        }
-        return 0;
-    }
-#endif
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int task = 0; task < batch * kv_heads; task++) {
-        int s = task / kv_heads, kvh = task % kv_heads;
-        int64_t len = seq_lens[s];
-        float *scores = malloc(sizeof(float) * (size_t)g * (size_t)(len > 0 ? len : 1));
-        if (!scores) {
-            failed = 1;
-            continue;
-        }
-        int64_t row = ((int64_t)s * heads + (int64_t)kvh * g) * d;
-        decode_group(q + row, k_cache, v_cache, is_bf16, tables + (int64_t)s * table_stride,
-                     len, block_stride, (int64_t)kvh * bs * d, bs, d, g, scale, scores,
-                     out + row);
-        free(scores);
-    }
-    return failed ? -1 : 0;
+    attn_args a = {q,    k_cache,  v_cache, is_bf16, tables, table_stride, seq_lens,
+                   out,  heads,    kv_heads, d,      bs,     scale,        0};
+    pool_run(attn_task, &a, (int64_t)batch * kv_heads, threads);
+    return atomic_load(&a.failed) ? -1 : 0;
 }
 
 /* ---- small-M matmul on panel-packed weights, AVX-512 -----------------------
@@ -443,18 +532,22 @@ int paged_decode_attention(const float *q, const void *k_cache, const void *v_ca
 #if defined(__AVX512F__)
 #define GEMM_MAX_M 64
 
-/* out[M, N] = x[M, K] @ W^T (+ bias), W packed as above; M <= GEMM_MAX_M. */
-int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const float *bias,
-                int64_t N, float *out, int threads) {
-    if (M > GEMM_MAX_M) return -1;
-    if (M <= 0) return 0;
-    int64_t panels = (N + NR - 1) / NR;
-    /* even row blocks: 32 rows go as 11 + 11 + 10, not 12 + 12 + 8 */
-    int64_t blocks = (M + MR - 1) / MR, rows = (M + blocks - 1) / blocks;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t p = 0; p < panels; p++) {
+typedef struct {
+    const float *x, *packed, *bias;
+    float *out;
+    int64_t M, K, N, rows, panels, per_task;
+} gemm_args;
+
+/* Task t: panels [t * per_task, (t + 1) * per_task), each streamed once. */
+static void gemm_task(void *arg, int64_t t) {
+    const gemm_args *a = arg;
+    const float *x = a->x, *bias = a->bias;
+    float *out = a->out;
+    int64_t M = a->M, K = a->K, N = a->N, rows = a->rows;
+    int64_t p1 = (t + 1) * a->per_task < a->panels ? (t + 1) * a->per_task : a->panels;
+    for (int64_t p = t * a->per_task; p < p1; p++) {
         float acc[GEMM_MAX_M * NR];
-        const float *panel = packed + p * K * NR;
+        const float *panel = a->packed + p * K * NR;
         for (int64_t k0 = 0; k0 < K; k0 += KC) {
             int kc = K - k0 < KC ? (int)(K - k0) : KC;
             /* after the panel's last slice comes the next panel's first */
@@ -471,6 +564,22 @@ int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const
             for (int j = 0; j < cols; j++)
                 out[i * N + n0 + j] = acc[i * NR + j] + (bias ? bias[n0 + j] : 0.0f);
     }
+}
+
+/* out[M, N] = x[M, K] @ W^T (+ bias), W packed as above; M <= GEMM_MAX_M. */
+int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const float *bias,
+                int64_t N, float *out, int threads) {
+    if (M > GEMM_MAX_M) return -1;
+    if (M <= 0 || N <= 0) return 0;
+    int64_t panels = (N + NR - 1) / NR;
+    /* even row blocks: 32 rows go as 11 + 11 + 10, not 12 + 12 + 8 */
+    int64_t blocks = (M + MR - 1) / MR, rows = (M + blocks - 1) / blocks;
+    /* contiguous runs of panels, a few per thread (see CHUNKS_PER_THREAD) */
+    int64_t tasks = threads > 1 ? (int64_t)threads * CHUNKS_PER_THREAD : 1;
+    if (tasks > panels) tasks = panels;
+    int64_t per_task = (panels + tasks - 1) / tasks;
+    gemm_args a = {x, packed, bias, out, M, K, N, rows, panels, per_task};
+    pool_run(gemm_task, &a, (panels + per_task - 1) / per_task, threads);
     return 0;
 }
 #else
@@ -482,12 +591,13 @@ int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const
 #endif
 
 /* ---- OpenMP thread pools ---------------------------------------------------
- * libgomp keeps one pool of workers per thread that has opened a parallel
- * region, and once it manages more threads than there are CPUs it stops
- * spinning between regions: every region then pays a futex wake-up (50-100 us
- * on a VM). Loading a model on the caller's thread leaves such a pool behind
- * while the engine computes on its own thread; releasing the caller's pool
- * keeps the engine's workers spinning. Returns 0 when released. */
+ * The kernels no longer use OpenMP, but torch does: libgomp keeps one pool of
+ * workers per thread that has opened a parallel region, and once it manages
+ * more threads than there are CPUs it stops spinning between regions: every
+ * region then pays a futex wake-up (50-100 us on a VM). Loading a model on
+ * the caller's thread leaves such a pool behind while the engine's torch work
+ * (prefill matmuls, SDPA) runs on its own thread; releasing the caller's pool
+ * keeps the engine thread's workers spinning. Returns 0 when released. */
 #if defined(_OPENMP) && defined(__GNUC__)
 /* OpenMP 5.0; declared here because compilers that ship it still define
  * _OPENMP as 4.5. Weak: an older runtime without it leaves this null. */

@@ -13,4 +13,10 @@ typedef void (*pool_fn)(void *ctx, int64_t task);
 
 void pool_run(pool_fn fn, void *ctx, int64_t ntasks, int threads);
 
+/* Workers alive + 1 (the caller). */
+int pool_threads(void);
+
+/* Joins the workers; the next pool_run creates them again. */
+void pool_shutdown(void);
+
 #endif
