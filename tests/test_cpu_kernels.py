@@ -79,15 +79,19 @@ def test_decode_kernel_matches_reference(heads, kv_heads, head_dim, block_size, 
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_decode_kernel_bfloat16_cache():
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("head_dim", [64, 80])  # the vector path and the portable one
+def test_decode_kernel_16_bit_cache(dtype, head_dim):
     lens = [3, 40, 129]
-    q, kc, vc, tables, seq_lens = random_case(3, 9, 3, 64, 16, lens, torch.bfloat16)
+    q, kc, vc, tables, seq_lens = random_case(3, 9, 3, head_dim, 16, lens, dtype)
+    kc[1, 0, 0, :4] = torch.tensor([6e-8, -1e-6, 65504.0, 0.0]).to(dtype)  # subnormals, max
     # Reference in float32 on the same (bf16-rounded) values: the kernel accumulates in fp32.
     meta = decode_meta(tables, seq_lens, 16)
     reference = TorchAttentionBackend()
-    reference.prepare(meta, 3, 64)
-    expected = reference._decode(q.float(), kc.float(), vc.float(), meta, 0.125)
-    got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, 0.125)
+    reference.prepare(meta, 3, head_dim)
+    scale = head_dim**-0.5
+    expected = reference._decode(q.float(), kc.float(), vc.float(), meta, scale)
+    got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, scale)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 

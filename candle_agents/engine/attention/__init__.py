@@ -46,8 +46,8 @@ def get_backend(
     if name == "cpu":
         if not CpuAttentionBackend.supports(device, kv_dtype, head_dim):
             raise ConfigError(
-                f"attention_backend='cpu' needs device cpu, a float32 or bfloat16 KV cache, "
-                f"head_dim <= 256 and a working C compiler (got {device}, {kv_dtype}, "
+                f"attention_backend='cpu' needs device cpu, a float32, bfloat16 or float16 "
+                f"KV cache, head_dim <= 256 and a working C compiler (got {device}, {kv_dtype}, "
                 f"head_dim {head_dim}; see the log for the compiler's output)",
                 field="attention_backend",
             )

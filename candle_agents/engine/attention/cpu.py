@@ -34,7 +34,7 @@ class CpuAttentionBackend(TorchAttentionBackend):
     def supports(device, dtype, head_dim: int) -> bool:
         return (
             device.type == "cpu"
-            and str(dtype) in ("torch.float32", "torch.bfloat16")
+            and str(dtype) in ("torch.float32", "torch.bfloat16", "torch.float16")
             and head_dim <= cpu_kernels.MAX_HEAD_DIM
             and cpu_kernels.available()
         )

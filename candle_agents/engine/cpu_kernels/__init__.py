@@ -176,6 +176,10 @@ def _try_build(compiler: str, root: Path) -> bool:
         return False
 
 
+# kernels.c's cache element types
+_CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -187,7 +191,7 @@ def paged_decode_attention(
     """Attention of one query per sequence over its paged K/V history.
 
     ``q`` is [batch, heads, head_dim]; caches are [num_blocks, kv_heads,
-    block_size, head_dim] in float32 or bfloat16; ``block_tables`` [batch, n]
+    block_size, head_dim] in float32, bfloat16 or float16; ``block_tables`` [batch, n]
     and ``seq_lens`` [batch] are int64. Returns float32 [batch, heads, head_dim].
     """
     if _lib is None:
@@ -195,7 +199,7 @@ def paged_decode_attention(
     q = q.float().contiguous()
     batch, heads, head_dim = q.shape
     _, kv_heads, block_size, _ = k_cache.shape
-    if k_cache.dtype not in (torch.float32, torch.bfloat16) or v_cache.dtype != k_cache.dtype:
+    if k_cache.dtype not in _CACHE_TYPES or v_cache.dtype != k_cache.dtype:
         raise ValueError(f"paged_decode_attention: unsupported cache dtype {k_cache.dtype}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("paged_decode_attention: caches must be contiguous")
@@ -211,7 +215,7 @@ def paged_decode_attention(
         q.data_ptr(),
         k_cache.data_ptr(),
         v_cache.data_ptr(),
-        int(k_cache.dtype == torch.bfloat16),
+        _CACHE_TYPES[k_cache.dtype],
         tables.data_ptr(),
         tables.shape[1],
         lens.data_ptr(),

@@ -25,11 +25,36 @@ static inline float bf16_to_f32(uint16_t h) {
     return f;
 }
 
-/* Row `i` of a cache as float32: the row itself, or `buf` filled from bfloat16. */
-static inline const float *cache_row(const void *cache, int64_t off, int is_bf16, int d,
+/* IEEE half to float, exactly (subnormals included), without F16C. */
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF;
+    uint32_t u;
+    if (exp == 0x1F) {
+        u = sign | 0x7F800000u | (man << 13);
+    } else if (exp != 0) {
+        u = sign | ((exp + 112) << 23) | (man << 13);
+    } else {
+        float f = (float)man * 5.9604644775390625e-8f; /* man * 2^-24 */
+        memcpy(&u, &f, sizeof u);
+        u |= sign;
+    }
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Cache element types (`ctype`): float32, bfloat16, float16. */
+enum { CACHE_F32 = 0, CACHE_BF16 = 1, CACHE_F16 = 2 };
+
+/* Row `i` of a cache as float32: the row itself, or `buf` filled from 16-bit values. */
+static inline const float *cache_row(const void *cache, int64_t off, int ctype, int d,
                                      float *buf) {
-    if (!is_bf16) return (const float *)cache + off;
+    if (ctype == CACHE_F32) return (const float *)cache + off;
     const uint16_t *src = (const uint16_t *)cache + off;
+    if (ctype == CACHE_F16) {
+        for (int j = 0; j < d; j++) buf[j] = f16_to_f32(src[j]);
+        return buf;
+    }
 #pragma omp simd
     for (int j = 0; j < d; j++) buf[j] = bf16_to_f32(src[j]);
     return buf;
@@ -38,15 +63,15 @@ static inline const float *cache_row(const void *cache, int64_t off, int is_bf16
 /* Ask for the next block (one head's rows: a few KiB, contiguous) while this
  * one is being used: block tables scatter blocks, so the hardware prefetcher
  * cannot guess where the next one is. */
-static inline void prefetch_block(const void *cache, int64_t off, int is_bf16, int elems) {
-    const char *p = (const char *)cache + off * (is_bf16 ? 2 : 4);
-    int bytes = elems * (is_bf16 ? 2 : 4);
+static inline void prefetch_block(const void *cache, int64_t off, int ctype, int elems) {
+    const char *p = (const char *)cache + off * (ctype ? 2 : 4);
+    int bytes = elems * (ctype ? 2 : 4);
     for (int i = 0; i < bytes; i += 64) __builtin_prefetch(p + i, 0, 3);
 }
 
 /* Attention of the `g` query heads sharing one KV head, for one sequence.
  * K is read once for all of them (GQA reuse), then V once. */
-static void decode_group(const float *q, const void *kc, const void *vc, int is_bf16,
+static void decode_group(const float *q, const void *kc, const void *vc, int ctype,
                          const int64_t *table, int64_t seq_len, int64_t block_stride,
                          int64_t head_off, int bs, int d, int g, float scale, float *scores,
                          float *out) {
@@ -55,9 +80,9 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t base = table[b] * block_stride + head_off;
         int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
-        if (b + 1 < nblocks) prefetch_block(kc, table[b + 1] * block_stride + head_off, is_bf16, bs * d);
+        if (b + 1 < nblocks) prefetch_block(kc, table[b + 1] * block_stride + head_off, ctype, bs * d);
         for (int i = 0; i < n; i++) {
-            const float *k = cache_row(kc, base + (int64_t)i * d, is_bf16, d, kbuf);
+            const float *k = cache_row(kc, base + (int64_t)i * d, ctype, d, kbuf);
             int64_t t = b * bs + i;
             for (int h = 0; h < g; h++) {
                 const float *qh = q + h * d;
@@ -84,9 +109,9 @@ static void decode_group(const float *q, const void *kc, const void *vc, int is_
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t base = table[b] * block_stride + head_off;
         int n = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
-        if (b + 1 < nblocks) prefetch_block(vc, table[b + 1] * block_stride + head_off, is_bf16, bs * d);
+        if (b + 1 < nblocks) prefetch_block(vc, table[b + 1] * block_stride + head_off, ctype, bs * d);
         for (int i = 0; i < n; i++) {
-            const float *v = cache_row(vc, base + (int64_t)i * d, is_bf16, d, vbuf);
+            const float *v = cache_row(vc, base + (int64_t)i * d, ctype, d, vbuf);
             int64_t t = b * bs + i;
             for (int h = 0; h < g; h++) {
                 float w = scores[h * seq_len + t];
@@ -327,11 +352,16 @@ void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float
 #if defined(__AVX512F__)
 #define TILE 16
 
-/* n rows of d floats at `off` as float32: in place, or widened from bf16 into buf. */
-static inline const float *tile_rows(const void *cache, int64_t off, int is_bf16, int n, int d,
+/* n rows of d floats at `off` as float32: in place, or widened from 16 bits into buf. */
+static inline const float *tile_rows(const void *cache, int64_t off, int ctype, int n, int d,
                                      float *buf) {
-    if (!is_bf16) return (const float *)cache + off;
+    if (ctype == CACHE_F32) return (const float *)cache + off;
     const uint16_t *src = (const uint16_t *)cache + off;
+    if (ctype == CACHE_F16) {
+        for (int i = 0; i < n * d; i += 16)
+            _mm512_storeu_ps(buf + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(src + i))));
+        return buf;
+    }
     for (int i = 0; i < n * d; i += 16) {
         __m256i h = _mm256_loadu_si256((const __m256i *)(src + i));
         __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16);
@@ -366,7 +396,7 @@ static inline __m512 sum16(const __m512 *v) {
 #define HEADS_MAX 4
 #define C_MAX 8
 static inline __attribute__((always_inline)) void
-attend_heads(const float *q, const void *kc, const void *vc, int is_bf16, const int64_t *table,
+attend_heads(const float *q, const void *kc, const void *vc, int ctype, const int64_t *table,
              int64_t seq_len, int64_t block_stride, int64_t head_off, int bs, int hn, int C,
              float scale, float *out) {
     int d = 16 * C;
@@ -380,21 +410,21 @@ attend_heads(const float *q, const void *kc, const void *vc, int is_bf16, const 
     }
     int64_t nblocks = (seq_len + bs - 1) / bs;
     for (int64_t b = 0; b < nblocks && b < 2; b++) {
-        prefetch_block(kc, table[b] * block_stride + head_off, is_bf16, bs * d);
-        prefetch_block(vc, table[b] * block_stride + head_off, is_bf16, bs * d);
+        prefetch_block(kc, table[b] * block_stride + head_off, ctype, bs * d);
+        prefetch_block(vc, table[b] * block_stride + head_off, ctype, bs * d);
     }
     for (int64_t b = 0; b < nblocks; b++) {
         int64_t base = table[b] * block_stride + head_off;
         int nb = (int)((seq_len - b * bs) < bs ? (seq_len - b * bs) : bs);
         if (b + 2 < nblocks) { /* two blocks ahead: one is not enough to hide DRAM latency */
             int64_t ahead = table[b + 2] * block_stride + head_off;
-            prefetch_block(kc, ahead, is_bf16, bs * d);
-            prefetch_block(vc, ahead, is_bf16, bs * d);
+            prefetch_block(kc, ahead, ctype, bs * d);
+            prefetch_block(vc, ahead, ctype, bs * d);
         }
         for (int t0 = 0; t0 < nb; t0 += TILE) {
             int n = nb - t0 < TILE ? nb - t0 : TILE;
             int64_t off = base + (int64_t)t0 * d;
-            const float *K = tile_rows(kc, off, is_bf16, n, d, kbuf);
+            const float *K = tile_rows(kc, off, ctype, n, d, kbuf);
             for (int t = 0; t < n; t++) {
                 __m512 k[C_MAX];
                 for (int c = 0; c < C; c++) k[c] = _mm512_loadu_ps(K + t * d + 16 * c);
@@ -420,7 +450,7 @@ attend_heads(const float *q, const void *kc, const void *vc, int is_bf16, const 
                 __m512 cv = _mm512_set1_ps(corr);
                 for (int c = 0; c < C; c++) acc[h][c] = _mm512_mul_ps(acc[h][c], cv);
             }
-            const float *V = tile_rows(vc, off, is_bf16, n, d, vbuf);
+            const float *V = tile_rows(vc, off, ctype, n, d, vbuf);
             for (int t = 0; t < n; t++) {
                 __m512 v[C_MAX];
                 for (int c = 0; c < C; c++) v[c] = _mm512_loadu_ps(V + t * d + 16 * c);
@@ -440,7 +470,7 @@ attend_heads(const float *q, const void *kc, const void *vc, int is_bf16, const 
 
 /* As decode_group, for d a multiple of 16 up to 16 * C_MAX: query heads in
  * chunks that keep their accumulators in registers (16 vectors). */
-static void decode_group_v512(const float *q, const void *kc, const void *vc, int is_bf16,
+static void decode_group_v512(const float *q, const void *kc, const void *vc, int ctype,
                               const int64_t *table, int64_t seq_len, int64_t block_stride,
                               int64_t head_off, int bs, int d, int g, float scale,
                               float *out) {
@@ -450,7 +480,7 @@ static void decode_group_v512(const float *q, const void *kc, const void *vc, in
         const float *qh = q + h0 * d;
         float *oh = out + h0 * d;
 #define ATTEND(HN, CC)                                                                         \
-    attend_heads(qh, kc, vc, is_bf16, table, seq_len, block_stride, head_off, bs, HN, CC,     \
+    attend_heads(qh, kc, vc, ctype, table, seq_len, block_stride, head_off, bs, HN, CC,     \
                  scale, oh)
         switch (C * 8 + hn) {
         case 4 * 8 + 1: ATTEND(1, 4); break;
@@ -469,7 +499,7 @@ static void decode_group_v512(const float *q, const void *kc, const void *vc, in
 typedef struct {
     const float *q;
     const void *k_cache, *v_cache;
-    int is_bf16;
+    int ctype;
     const int64_t *tables;
     int64_t table_stride;
     const int64_t *seq_lens;
@@ -491,7 +521,7 @@ static void attn_task(void *p, int64_t task) {
     int64_t len = a->seq_lens[s];
 #if defined(__AVX512F__)
     if (d % 16 == 0 && d <= 16 * C_MAX) {
-        decode_group_v512(a->q + row, a->k_cache, a->v_cache, a->is_bf16, table, len,
+        decode_group_v512(a->q + row, a->k_cache, a->v_cache, a->ctype, table, len,
                           block_stride, head_off, bs, d, g, a->scale, a->out + row);
         return;
     }
@@ -501,7 +531,7 @@ static void attn_task(void *p, int64_t task) {
         atomic_store_explicit(&a->failed, 1, memory_order_relaxed);
         return;
     }
-    decode_group(a->q + row, a->k_cache, a->v_cache, a->is_bf16, table, len, block_stride,
+    decode_group(a->q + row, a->k_cache, a->v_cache, a->ctype, table, len, block_stride,
                  head_off, bs, d, g, a->scale, scores, a->out + row);
     free(scores);
 }
@@ -510,10 +540,10 @@ static void attn_task(void *p, int64_t task) {
  * q, out: [batch, heads, d] float32; tables: [batch, table_stride] int64;
  * seq_lens: [batch] int64. Returns 0, or -1 if scratch memory ran out. */
 int paged_decode_attention(const float *q, const void *k_cache, const void *v_cache,
-                           int is_bf16, const int64_t *tables, int64_t table_stride,
+                           int ctype, const int64_t *tables, int64_t table_stride,
                            const int64_t *seq_lens, float *out, int batch, int heads,
                            int kv_heads, int d, int bs, float scale, int threads) {
-    attn_args a = {q,    k_cache,  v_cache, is_bf16, tables, table_stride, seq_lens,
+    attn_args a = {q,    k_cache,  v_cache, ctype, tables, table_stride, seq_lens,
                    out,  heads,    kv_heads, d,      bs,     scale,        0};
     pool_run(attn_task, &a, (int64_t)batch * kv_heads, threads);
     return atomic_load(&a.failed) ? -1 : 0;
