@@ -68,7 +68,7 @@ static void dequant_q6k(const uint8_t *b, float *out) {
  * Exact: dequantize the block once, then one dot per activation row. */
 
 #define EXACT_SCALAR(name, bytes, dequant)                                            \
-    static void name(QK_DOT_EXACT_ARGS) {                                             \
+    static __attribute__((unused)) void name(QK_DOT_EXACT_ARGS) {                                             \
         float acc[QDOT_MAX_ROWS] = {0}, w[QK];                                        \
         for (int64_t blk = 0; blk < nblocks; blk++) {                                 \
             dequant(row + blk * (bytes), w);                                          \
@@ -141,7 +141,7 @@ static void ints_q6k(const uint8_t *b, qk_ints *o) {
 }
 
 #define FAST_SCALAR(name, bytes, unpack)                                                     \
-    static void name(QK_DOT_FAST_ARGS) {                                                     \
+    static __attribute__((unused)) void name(QK_DOT_FAST_ARGS) {                                                     \
         float acc[QDOT_MAX_ROWS] = {0};                                                      \
         qk_ints w;                                                                           \
         for (int64_t blk = 0; blk < nblocks; blk++) {                                        \
@@ -168,8 +168,17 @@ FAST_SCALAR(fast_q4k, Q4K_BYTES, ints_q4k)
 FAST_SCALAR(fast_q5k, Q5K_BYTES, ints_q5k)
 FAST_SCALAR(fast_q6k, Q6K_BYTES, ints_q6k)
 
-/* -- the type table (portable C for now; vector paths follow) -- */
+/* -- the type table ------------------------------------------------------------
+ * The vector paths come from the compile target (-march=native is the
+ * run-time dispatch): AVX-512BW (with VNNI where present), else AVX2 (with
+ * AVX-VNNI where present), else the portable C above. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define PICK(t) qk512_##t##_exact, ACT_Q8_256, qk512_##t##_fast
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define PICK(t) qk256_##t##_exact, ACT_Q8_256, qk256_##t##_fast
+#else
 #define PICK(t) exact_##t, ACT_Q8_256, fast_##t
+#endif
 
 static const qtype_ops OPS[] = {
     {QT_Q2_K, QK, Q2K_BYTES, dequant_q2k, PICK(q2k)},

@@ -1,0 +1,319 @@
+/* K-quant dot products for AVX-512 (F, BW, VL; VNNI where the target has it).
+ *
+ * Every type unpacks a block into a common form (kb): 256 unsigned bytes in
+ * value order (u, 0..63; value = u - off), 16 int16 scales per 16 values and
+ * 16 int16 min terms, d and dmin. Per activation row the fast path then
+ * needs pmaddubsw (u8 x s8 pairs, no saturation at these ranges) and
+ * vpdpwssd (or pmaddwd + add) with the scales; the min terms come from the
+ * activations' 16-value sums (bsums). One unpack serves up to QDOT_MAX_ROWS
+ * rows.
+ *
+ * The exact path multiplies float32 weights made in registers by the float
+ * operations of the reference dequantization, so each weight is bit-equal to
+ * gguf.quants.dequantize; only the summation order differs. Q4_K turns its
+ * nibbles into floats through a 16-entry table per sub-block (vpermps), the
+ * others through int8 -> int32 -> float. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+
+#include "quant_k.h"
+
+#define AI static inline __attribute__((always_inline))
+
+typedef struct {
+    __m512i u[4]; /* values 64 c .. 64 c + 63 */
+    __m256i sc;   /* int16 scale per 16 values */
+    __m256i mn;   /* int16 per 16 values: the min (Q2_K/Q4_K/Q5_K) or off * scale */
+    float d, dmin;
+} kb;
+
+/* Int16 lanes of the pmaddubsw result of part c (lane i = values 64c + 2i, +1)
+ * take the scale of 16-value group 4c + i / 8. */
+static const int16_t SC_IDX[4][32] __attribute__((aligned(64))) = {
+#define G(c) {4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c,                         \
+               4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1,    \
+               4 * c + 1, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2,    \
+               4 * c + 2, 4 * c + 2, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3,    \
+               4 * c + 3, 4 * c + 3, 4 * c + 3}
+    G(0), G(1), G(2), G(3)
+#undef G
+};
+/* Lanes 0..7 of a vector as 0,0,1,1,..,7,7 and lanes 8..15 likewise. */
+static const int16_t DUP_LO[16] __attribute__((aligned(32))) = {0, 0, 1, 1, 2, 2, 3, 3,
+                                                                 4, 4, 5, 5, 6, 6, 7, 7};
+static const int16_t DUP_HI[16] __attribute__((aligned(32))) = {8,  8,  9,  9,  10, 10, 11, 11,
+                                                                 12, 12, 13, 13, 14, 14, 15, 15};
+
+AI __m512i bcast32(const uint8_t *p) {
+    return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
+}
+
+/* Q4_K/Q5_K scales and mins as 16 bytes: scales in 0..7, mins in 8..15. */
+AI __m128i k4_scales(const uint8_t *s) {
+    uint32_t a, b, c;
+    memcpy(&a, s, 4), memcpy(&b, s + 4, 4), memcpy(&c, s + 8, 4);
+    uint32_t sc_lo = a & 0x3F3F3F3F, mn_lo = b & 0x3F3F3F3F;
+    uint32_t sc_hi = (c & 0x0F0F0F0F) | ((a >> 2) & 0x30303030);
+    uint32_t mn_hi = ((c >> 4) & 0x0F0F0F0F) | ((b >> 2) & 0x30303030);
+    return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
+}
+
+/* Low nibbles of 32 bytes for the lower half, high nibbles for the upper. */
+AI __m512i nibbles(const uint8_t *p) {
+    __m512i w = bcast32(p);
+    return _mm512_and_si512(_mm512_mask_srli_epi16(w, 0xFFFF0000u, w, 4), _mm512_set1_epi8(15));
+}
+
+AI void k4_common(const uint8_t *b, kb *o) {
+    __m256i v = _mm256_cvtepu8_epi16(k4_scales(b + 4));
+    o->sc = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_LO), v);
+    o->mn = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_HI), v);
+    o->d = qk_f16(b), o->dmin = qk_f16(b + 2);
+}
+
+AI void unpack_q4k(const uint8_t *b, kb *o) {
+    for (int c = 0; c < 4; c++) o->u[c] = nibbles(b + 16 + 32 * c);
+    k4_common(b, o);
+}
+
+/* Bytes whose bit (c even: 2c in the lower half, 2c + 1 in the upper) is
+ * set in p[l]: the third (Q3_K) or fifth (Q5_K) bit of values 64c + l. */
+AI __mmask64 high_bits(__m512i hb, int c) {
+    __m512i bit = _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi8((char)(1 << (2 * c))),
+                                          _mm512_set1_epi8((char)(1 << (2 * c + 1))));
+    return _mm512_test_epi8_mask(hb, bit);
+}
+
+AI void unpack_q5k(const uint8_t *b, kb *o) {
+    __m512i hb = bcast32(b + 16);
+    for (int c = 0; c < 4; c++) {
+        __m512i lo = nibbles(b + 48 + 32 * c);
+        o->u[c] = _mm512_mask_add_epi8(lo, high_bits(hb, c), lo, _mm512_set1_epi8(16));
+    }
+    k4_common(b, o);
+}
+
+/* 2-bit fields: value 128h + 32s + l is (q[32h + l] >> 2s) & 3; part c takes
+ * h = c / 2 and s = 2 (c % 2) (+1 in the upper half). */
+AI __m512i twobits(const uint8_t *q, int c) {
+    __m512i w = bcast32(q + 32 * (c >> 1));
+    int s = 2 * (c & 1);
+    __m512i sh = _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi16((short)(2 * s)),
+                                         _mm512_set1_epi16((short)(2 * s + 2)));
+    return _mm512_and_si512(_mm512_srlv_epi16(w, sh), _mm512_set1_epi8(3));
+}
+
+AI void unpack_q2k(const uint8_t *b, kb *o) {
+    for (int c = 0; c < 4; c++) o->u[c] = twobits(b + 16, c);
+    __m128i s = _mm_loadu_si128((const __m128i *)b);
+    o->sc = _mm256_cvtepu8_epi16(_mm_and_si128(s, _mm_set1_epi8(15)));
+    o->mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(s, 4), _mm_set1_epi8(15)));
+    o->d = qk_f16(b + 80), o->dmin = qk_f16(b + 82);
+}
+
+AI void unpack_q3k(const uint8_t *b, kb *o) {
+    __m512i hb = bcast32(b);
+    for (int c = 0; c < 4; c++) {
+        __m512i lo = twobits(b + 32, c);
+        o->u[c] = _mm512_mask_add_epi8(lo, high_bits(hb, c), lo, _mm512_set1_epi8(4));
+    }
+    /* 16 scales of 6 bits: low nibbles in bytes 0..7, high pairs in 8..11. */
+    uint32_t a, bb, c;
+    memcpy(&a, b + 96, 4), memcpy(&bb, b + 100, 4), memcpy(&c, b + 104, 4);
+    __m128i s = _mm_set_epi32((int)(((bb >> 4) & 0x0F0F0F0F) | ((c >> 2) & 0x30303030)),
+                              (int)(((a >> 4) & 0x0F0F0F0F) | (c & 0x30303030)),
+                              (int)((bb & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
+                              (int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)));
+    o->sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
+    o->mn = _mm256_slli_epi16(o->sc, 2);
+    o->d = qk_f16(b + 108), o->dmin = 0.0f;
+}
+
+AI void unpack_q6k(const uint8_t *b, kb *o) {
+    const __m512i m4 = _mm512_set1_epi8(15), m2 = _mm512_set1_epi8(0x30);
+    for (int h = 0; h < 2; h++) {
+        __m512i ql = _mm512_loadu_si512(b + 64 * h), qh = bcast32(b + 128 + 32 * h);
+        /* High pairs to bits 4..5: shifts 2s within each half (s = 0, 1 | 2, 3). */
+        __m512i up = _mm512_sllv_epi16(qh, _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi16(4),
+                                                                    _mm512_set1_epi16(2)));
+        __m512i dn = _mm512_srlv_epi16(qh, _mm512_mask_blend_epi64(0xF0, _mm512_set1_epi16(0),
+                                                                    _mm512_set1_epi16(2)));
+        /* a | (b & c) as one ternary op (0xF8). */
+        o->u[2 * h] = _mm512_ternarylogic_epi32(_mm512_and_si512(up, m2), ql, m4, 0xF8);
+        o->u[2 * h + 1] =
+            _mm512_ternarylogic_epi32(_mm512_and_si512(dn, m2), _mm512_srli_epi16(ql, 4), m4, 0xF8);
+    }
+    o->sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
+    o->mn = _mm256_slli_epi16(o->sc, 5);
+    o->d = qk_f16(b + 208), o->dmin = 0.0f;
+}
+
+/* -- the fast path ------------------------------------------------------------ */
+
+#if defined(__AVX512VNNI__)
+#define DPWSSD(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
+#else
+#define DPWSSD(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
+#endif
+
+typedef void (*unpack_fn)(const uint8_t *, kb *);
+
+AI float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+AI float reduce4(const __m512 a[4]) {
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+}
+
+/* fold: the type has no dmin and mn = off * scale, so the min term joins the
+ * integer sum; otherwise it is scaled by dmin on its own. */
+AI void fast_rows(const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride,
+                  const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
+                  const int fold) {
+    __m512 acc[QDOT_MAX_ROWS];
+    __m256 accm[QDOT_MAX_ROWS];
+    for (int i = 0; i < M; i++) acc[i] = _mm512_setzero_ps(), accm[i] = _mm256_setzero_ps();
+    __m512i idx[4];
+    for (int c = 0; c < 4; c++) idx[c] = _mm512_load_si512(SC_IDX[c]);
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        kb w;
+        unpack(row + blk * bytes, &w);
+        __m512i s[4];
+        for (int c = 0; c < 4; c++)
+            s[c] = _mm512_permutexvar_epi16(idx[c], _mm512_castsi256_si512(w.sc));
+        for (int i = 0; i < M; i++) {
+            const act_q8_256 *a = (const act_q8_256 *)((const char *)xq + i * xq_stride) + blk;
+            /* Two chains: at one row the dependency through the sum sets the pace. */
+            __m512i sum2[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
+            for (int c = 0; c < 4; c++) {
+                __m512i p = _mm512_maddubs_epi16(w.u[c], _mm512_loadu_si512(a->qs + 64 * c));
+                sum2[c & 1] = DPWSSD(sum2[c & 1], p, s[c]);
+            }
+            __m512i sum = _mm512_add_epi32(sum2[0], sum2[1]);
+            __m256i mn = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), w.mn);
+            if (fold)
+                sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(mn));
+            else
+                accm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(a->d * w.dmin),
+                                          accm[i]);
+            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a->d * w.d), acc[i]);
+        }
+    }
+    for (int i = 0; i < M; i++)
+        out[i * ldo] = _mm512_reduce_add_ps(acc[i]) - (fold ? 0.0f : hsum256(accm[i]));
+}
+
+/* -- the exact path -------------------------------------------------------------
+ * Generic: the unpacked bytes (minus off) through int32 to float, times the
+ * 16-value scale d * sc, minus dmin * mn where the type has a min. */
+AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
+                   const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
+                   const int off, const int has_min) {
+    __m512 acc[QDOT_MAX_ROWS][4]; /* 4 chains per row: FMA latency, not throughput, bounds one row */
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
+    int8_t q[QK] __attribute__((aligned(64)));
+    float dl[16] __attribute__((aligned(64))), ml[16] __attribute__((aligned(64)));
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        kb w;
+        unpack(row + blk * bytes, &w);
+        for (int c = 0; c < 4; c++)
+            _mm512_store_si512(q + 64 * c, _mm512_sub_epi8(w.u[c], _mm512_set1_epi8((char)off)));
+        _mm512_store_ps(dl, _mm512_mul_ps(_mm512_set1_ps(w.d),
+                                          _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w.sc))));
+        if (has_min)
+            _mm512_store_ps(ml, _mm512_mul_ps(_mm512_set1_ps(w.dmin),
+                                              _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w.mn))));
+        const float *xb = x + blk * QK;
+        for (int j = 0; j < 16; j++) {
+            __m512 v = _mm512_cvtepi32_ps(
+                _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(q + 16 * j))));
+            v = _mm512_mul_ps(v, _mm512_set1_ps(dl[j]));
+            if (has_min) v = _mm512_sub_ps(v, _mm512_set1_ps(ml[j]));
+            for (int i = 0; i < M; i++)
+                acc[i][j & 3] =
+                    _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + i * ldx + 16 * j), acc[i][j & 3]);
+        }
+    }
+    for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
+}
+
+/* Q4_K: per sub-block a table of its 16 possible values (d sc k - dmin m),
+ * indexed by the nibbles themselves: vpermps reads only the low 4 bits of
+ * each index, so the low nibble needs no mask. */
+AI void exact_q4k_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
+                       const int M, float *out, int64_t ldo) {
+    __m512 acc[QDOT_MAX_ROWS][4];
+    for (int i = 0; i < M; i++)
+        for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    float t[16] __attribute__((aligned(64)));
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        const uint8_t *b = row + blk * Q4K_BYTES;
+        __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_scales(b + 4)));
+        __m512 dd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(qk_f16(b)),
+                                         _mm512_set1_ps(qk_f16(b + 2)));
+        _mm512_store_ps(t, _mm512_mul_ps(dd, f)); /* d sc[0..7], dmin m[0..7] */
+        const float *xb = x + blk * QK;
+        for (int g = 0; g < 4; g++) {
+            __m512 lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g]), iota),
+                                      _mm512_set1_ps(t[8 + 2 * g]));
+            __m512 hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g + 1]), iota),
+                                      _mm512_set1_ps(t[9 + 2 * g]));
+            const uint8_t *qs = b + 16 + 32 * g;
+            __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+            __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+            __m512 w0 = _mm512_permutexvar_ps(i0, lo), w1 = _mm512_permutexvar_ps(i1, lo);
+            __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(i0, 4), hi);
+            __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(i1, 4), hi);
+            for (int i = 0; i < M; i++) {
+                const float *xi = xb + i * ldx + 64 * g;
+                acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xi), acc[i][0]);
+                acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xi + 16), acc[i][1]);
+                acc[i][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xi + 32), acc[i][2]);
+                acc[i][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xi + 48), acc[i][3]);
+            }
+        }
+    }
+    for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
+}
+
+/* -- entry points: one instance per row count ----------------------------------- */
+
+#define BY_ROWS(body)                \
+    switch (m) {                     \
+    case 1: body(1); break;          \
+    case 2: body(2); break;          \
+    case 3: body(3); break;          \
+    default: body(4); break;         \
+    }
+
+#define DEFINE(t)                                              \
+    void qk512_##t##_fast(QK_DOT_FAST_ARGS) {                                             \
+        _Static_assert(QDOT_MAX_ROWS == 4, "BY_ROWS covers 1..4 rows");                   \
+        BY_ROWS(FAST_##t)                                                                  \
+    }                                                                                      \
+    void qk512_##t##_exact(QK_DOT_EXACT_ARGS) { BY_ROWS(EXACT_##t) }
+
+#define FAST_ARGS row, nblocks, xq, xq_stride
+#define EXACT_ARGS row, nblocks, x, ldx
+#define FAST_q2k(M) fast_rows(FAST_ARGS, M, out, ldo, Q2K_BYTES, unpack_q2k, 0)
+#define FAST_q3k(M) fast_rows(FAST_ARGS, M, out, ldo, Q3K_BYTES, unpack_q3k, 1)
+#define FAST_q4k(M) fast_rows(FAST_ARGS, M, out, ldo, Q4K_BYTES, unpack_q4k, 0)
+#define FAST_q5k(M) fast_rows(FAST_ARGS, M, out, ldo, Q5K_BYTES, unpack_q5k, 0)
+#define FAST_q6k(M) fast_rows(FAST_ARGS, M, out, ldo, Q6K_BYTES, unpack_q6k, 1)
+#define EXACT_q2k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q2K_BYTES, unpack_q2k, 0, 1)
+#define EXACT_q3k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q3K_BYTES, unpack_q3k, 4, 0)
+#define EXACT_q4k(M) exact_q4k_rows(EXACT_ARGS, M, out, ldo)
+#define EXACT_q5k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q5K_BYTES, unpack_q5k, 0, 1)
+#define EXACT_q6k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q6K_BYTES, unpack_q6k, 32, 0)
+
+DEFINE(q2k)
+DEFINE(q3k)
+DEFINE(q4k)
+DEFINE(q5k)
+DEFINE(q6k)
+#endif
