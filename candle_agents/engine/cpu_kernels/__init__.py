@@ -134,6 +134,9 @@ def _open(path: Path) -> bool:
         "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
         "gemm_packed": (i32, [ptr, i64, i64, ptr, ptr, i64, ptr, i32]),
         "release_thread_pool": (i32, []),
+        "quant_supported": (i32, [i32, i32]),
+        "quant_gemm": (i32, [i32, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, i32, i32]),
+        "quant_dequant_rows": (i32, [i32, ptr, i64, ptr, i64, ptr, i64, i32]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -336,3 +339,145 @@ def release_thread_pool() -> bool:
 
 def _threads() -> int:
     return torch.get_num_threads()
+
+
+# -- quantized matmuls ------------------------------------------------------------
+# Weights stay in their GGUF block format (quant.c, quant_legacy.c, quant_k.c):
+# row n of W [N, K] is the uint8 row ``weight[n]`` of K / block blocks.
+
+
+def _require() -> ctypes.CDLL:
+    if _lib is None:
+        raise RuntimeError("CPU kernels are not loaded; call available() first")
+    return _lib
+
+
+def quant_supported(qtype: int, fast: bool = False) -> bool:
+    """Whether GGUF type ``qtype`` has quantized matmuls here (with ``fast``: integer ones)."""
+    return available() and bool(_lib.quant_supported(int(qtype), int(fast)))
+
+
+def _row_bytes(qtype: int, k: int, who: str) -> int:
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(int(qtype))]
+    except ValueError:
+        raise ValueError(f"{who}: unknown GGUF type {qtype}") from None
+    if not _require().quant_supported(int(qtype), 0):
+        raise ValueError(f"{who}: GGUF type {GGMLQuantizationType(int(qtype)).name} has no kernel")
+    if k <= 0 or k % block:
+        raise ValueError(f"{who}: K={k} is not a positive multiple of the block size {block}")
+    return k // block * size
+
+
+def quant_gemm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    qtype: int,
+    bias: torch.Tensor | None = None,
+    *,
+    fast: bool = False,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ W.T (+ bias)`` with ``W`` [N, K] kept in GGUF type ``qtype``.
+
+    ``x`` is float32 [M, K] with contiguous rows (rows may be any stride
+    apart); ``weight`` the contiguous uint8 [N, row_bytes] block data. With
+    ``fast``, x is quantized to 8 bits per call and integer dots are used
+    (types without them run exact). ``out`` (float32 [M, N], rows any stride
+    apart, e.g. a column slice of a wider tensor) receives the result, which
+    is returned. Raises ValueError for bad shapes, dtypes or types.
+    """
+    lib = _require()
+    if x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
+        raise ValueError(
+            f"quant_gemm: x must be a 2-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)}"
+        )
+    m, k = x.shape
+    if k > 1 and x.stride(1) != 1:
+        raise ValueError(f"quant_gemm: x rows must be contiguous, got strides {x.stride()}")
+    if weight.dim() != 2 or weight.dtype != torch.uint8 or not weight.is_contiguous():
+        raise ValueError("quant_gemm: weight must be a contiguous 2-D uint8 tensor")
+    n, row_bytes = weight.shape
+    want = _row_bytes(qtype, k, "quant_gemm")
+    if row_bytes != want:
+        raise ValueError(
+            f"quant_gemm: a row of K={k} values takes {want} bytes in type {qtype}, "
+            f"weight rows have {row_bytes}"
+        )
+    if bias is not None and (
+        bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
+    ):
+        raise ValueError(f"quant_gemm: bias must be contiguous float32 [{n}]")
+    if out is None:
+        out = x.new_empty(m, n)
+    elif (
+        out.dtype != torch.float32
+        or out.shape != (m, n)
+        or (n > 1 and out.stride(1) != 1)
+        or (m > 1 and out.stride(0) < n)
+    ):
+        raise ValueError(f"quant_gemm: out must be float32 [{m}, {n}] with contiguous rows")
+    rc = lib.quant_gemm(
+        int(qtype),
+        weight.data_ptr(),
+        n,
+        k,
+        x.data_ptr(),
+        m,
+        x.stride(0),
+        bias.data_ptr() if bias is not None else None,
+        out.data_ptr(),
+        out.stride(0),
+        int(fast),
+        _threads(),
+    )
+    if rc != 0:
+        raise ValueError(f"quant_gemm: type {qtype} with K={k} is not supported")
+    return out
+
+
+def quant_dequant_rows(
+    weight: torch.Tensor,
+    qtype: int,
+    k: int,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Rows ``rows`` (int64 indices; all rows when None) of ``weight`` as float32 [n, k].
+
+    Bit for bit what ``gguf.quants.dequantize`` gives. ``out`` may be given
+    (float32 [n, k], rows any stride apart).
+    """
+    lib = _require()
+    want = _row_bytes(qtype, k, "quant_dequant_rows")
+    if weight.dim() != 2 or weight.dtype != torch.uint8 or not weight.is_contiguous():
+        raise ValueError("quant_dequant_rows: weight must be a contiguous 2-D uint8 tensor")
+    if weight.shape[1] != want:
+        raise ValueError(
+            f"quant_dequant_rows: a row of {k} values takes {want} bytes, weight rows have "
+            f"{weight.shape[1]}"
+        )
+    if rows is not None:
+        rows = rows.to(torch.int64).contiguous().view(-1)
+        if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= weight.shape[0]):
+            raise ValueError(f"quant_dequant_rows: row index out of range [0, {weight.shape[0]})")
+    n = weight.shape[0] if rows is None else rows.numel()
+    if out is None:
+        out = torch.empty(n, k, dtype=torch.float32)
+    elif out.dtype != torch.float32 or out.shape != (n, k) or (k > 1 and out.stride(1) != 1):
+        raise ValueError(f"quant_dequant_rows: out must be float32 [{n}, {k}] with contiguous rows")
+    rc = lib.quant_dequant_rows(
+        int(qtype),
+        weight.data_ptr(),
+        k,
+        rows.data_ptr() if rows is not None else None,
+        n,
+        out.data_ptr(),
+        out.stride(0),
+        _threads(),
+    )
+    if rc != 0:
+        raise ValueError(f"quant_dequant_rows: type {qtype} with K={k} is not supported")
+    return out

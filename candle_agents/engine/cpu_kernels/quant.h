@@ -43,6 +43,10 @@ typedef struct {
     int act;
     void (*dot_fast)(const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride,
                      int m, float *out, int64_t ldo);
+    /* Optional (NULL: the driver loops dequant_block): nblocks consecutive
+     * blocks to floats, bit for bit as dequant_block. The float types have
+     * blocks of one value, so a call per block would dominate. */
+    void (*dequant_row)(const uint8_t *row, int64_t nblocks, float *out);
 } qtype_ops;
 
 /* The ops of `type`, or NULL. Each file defines its lookup; quant.c asks both. */

@@ -1,0 +1,314 @@
+/* The quantized matmul driver: out = x @ W^T (+ bias) with W kept in its
+ * GGUF block format (see quant.h for what each type provides).
+ *
+ * Three paths, picked per call:
+ *  - exact, few rows: the type's dot_exact per output row (weights
+ *    dequantized in registers, float32 accumulation);
+ *  - exact, more rows (AVX-512 only): 32 output rows at a time dequantized
+ *    into a [K][32] float panel, then the float32 panel kernel's register
+ *    tile (panel_gemm.h) over every x row, so each weight is unpacked once
+ *    per call rather than once per row tile;
+ *  - fast: x quantized once per call to the type's activation format, then
+ *    the type's integer dot_fast per output row.
+ * Work is split into tasks over contiguous runs of output rows, so each task
+ * streams its own part of W once, and run on the engine's pool (pool.h).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "panel_gemm.h"
+#include "pool.h"
+#include "quant.h"
+
+/* Exact path: above this many x rows, dequantize panels (where there is a
+ * panel kernel); at or below it, dot_exact (measured: see the benchmark). */
+#define EXACT_DOT_MAX_M 4
+/* Output rows per task at the least, so a task is worth handing out. */
+#define MIN_TASK_ROWS 16
+/* Tasks per thread: uneven cores (other work on the machine) balance out. */
+#define TASKS_PER_THREAD 4
+/* Activation buffers up to this size live on the stack: no malloc per call. */
+#define STACK_ACT_BYTES 16384
+
+static const qtype_ops *ops_of(int qtype) {
+    const qtype_ops *o = quant_legacy_ops(qtype);
+    return o ? o : quant_k_ops(qtype);
+}
+
+int quant_supported(int qtype, int fast) {
+    const qtype_ops *o = ops_of(qtype);
+    return o != 0 && (!fast || o->dot_fast != 0);
+}
+
+/* ---- activation quantizers -------------------------------------------------
+ * d = max|x| / 127, qs = x * (1 / d) rounded to nearest even, 0 where d == 0. */
+
+static inline float block_scale(const float *x, int n, float *inv) {
+    float amax = 0.0f;
+    for (int j = 0; j < n; j++) {
+        float a = x[j] < 0 ? -x[j] : x[j];
+        amax = a > amax ? a : amax;
+    }
+    float d = amax / 127.0f;
+    *inv = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+
+static inline int round_even(float v) {
+    /* 1.5 * 2^23: adding and subtracting it rounds |v| < 2^22 to nearest even */
+    const float magic = 12582912.0f;
+    return (int)((v + magic) - magic);
+}
+
+void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out) {
+    for (int64_t b = 0; b < k / 32; b++, x += 32, out++) {
+        float inv, d = block_scale(x, 32, &inv);
+        int sum = 0;
+        for (int j = 0; j < 32; j++) {
+            int q = round_even(x[j] * inv);
+            out->qs[j] = (int8_t)q;
+            sum += q;
+        }
+        out->d = d;
+        out->s = d * (float)sum;
+    }
+}
+
+void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
+    for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
+        float inv, d = block_scale(x, 256, &inv);
+        for (int g = 0; g < 16; g++) {
+            int sum = 0;
+            for (int j = 16 * g; j < 16 * g + 16; j++) {
+                int q = round_even(x[j] * inv);
+                out->qs[j] = (int8_t)q;
+                sum += q;
+            }
+            out->bsums[g] = (int16_t)sum;
+        }
+        out->d = d;
+    }
+}
+
+/* ---- tasks ----------------------------------------------------------------- */
+
+typedef struct {
+    const qtype_ops *ops;
+    const uint8_t *w;
+    int64_t N, K, nb, row_bytes;
+    const float *x;
+    int64_t M, ldx;
+    const float *bias;
+    float *out;
+    int64_t ldo;
+    const void *xq; /* fast path: quantized x rows, xq_stride bytes apart */
+    int64_t xq_stride;
+    int64_t chunk; /* output rows per task */
+} gemm_ctx;
+
+static void run_tasks(pool_fn fn, void *ctx, int64_t ntasks, int threads) {
+    if (ntasks == 1 || threads <= 1) {
+        for (int64_t t = 0; t < ntasks; t++) fn(ctx, t);
+    } else {
+        pool_run(fn, ctx, ntasks, threads);
+    }
+}
+
+/* Rows per task: about TASKS_PER_THREAD tasks a thread, at least min_rows,
+ * a multiple of align. Returns the task count. */
+static int64_t split(int64_t n, int threads, int64_t align, int64_t min_rows, int64_t *chunk) {
+    int64_t tasks = threads <= 1 ? 1 : (int64_t)threads * TASKS_PER_THREAD;
+    int64_t c = (n + tasks - 1) / tasks;
+    if (c < min_rows) c = min_rows;
+    c = (c + align - 1) / align * align;
+    *chunk = c;
+    return (n + c - 1) / c;
+}
+
+static inline void add_bias(const gemm_ctx *c, int64_t n, int64_t m0, int mr) {
+    if (c->bias)
+        for (int i = 0; i < mr; i++) c->out[(m0 + i) * c->ldo + n] += c->bias[n];
+}
+
+static void task_dot_exact(void *arg, int64_t t) {
+    const gemm_ctx *c = arg;
+    int64_t n1 = (t + 1) * c->chunk < c->N ? (t + 1) * c->chunk : c->N;
+    for (int64_t n = t * c->chunk; n < n1; n++) {
+        const uint8_t *row = c->w + n * c->row_bytes;
+        for (int64_t m0 = 0; m0 < c->M; m0 += QDOT_MAX_ROWS) {
+            int mr = c->M - m0 < QDOT_MAX_ROWS ? (int)(c->M - m0) : QDOT_MAX_ROWS;
+            c->ops->dot_exact(row, c->nb, c->x + m0 * c->ldx, c->ldx, mr,
+                              c->out + m0 * c->ldo + n, c->ldo);
+            add_bias(c, n, m0, mr);
+        }
+    }
+}
+
+static void task_dot_fast(void *arg, int64_t t) {
+    const gemm_ctx *c = arg;
+    int64_t n1 = (t + 1) * c->chunk < c->N ? (t + 1) * c->chunk : c->N;
+    for (int64_t n = t * c->chunk; n < n1; n++) {
+        const uint8_t *row = c->w + n * c->row_bytes;
+        for (int64_t m0 = 0; m0 < c->M; m0 += QDOT_MAX_ROWS) {
+            int mr = c->M - m0 < QDOT_MAX_ROWS ? (int)(c->M - m0) : QDOT_MAX_ROWS;
+            c->ops->dot_fast(row, c->nb, (const char *)c->xq + m0 * c->xq_stride, c->xq_stride,
+                             mr, c->out + m0 * c->ldo + n, c->ldo);
+            add_bias(c, n, m0, mr);
+        }
+    }
+}
+
+/* nblocks consecutive blocks of a row to floats. */
+static inline void dequant_run(const qtype_ops *o, const uint8_t *src, int64_t nblocks,
+                               float *dst) {
+    if (o->dequant_row) {
+        o->dequant_row(src, nblocks, dst);
+        return;
+    }
+    for (int64_t b = 0; b < nblocks; b++) o->dequant_block(src + b * o->bytes, dst + b * o->block);
+}
+
+#if defined(__AVX512F__)
+/* Values per dequantize-and-transpose step: rows of tmp[32][PANEL_STEP]. */
+#define PANEL_STEP 256
+
+/* panel[k][r] = W[r][k] for the `rows` (<= 32) rows at w; zero beyond them. */
+static void dequant_panel(const gemm_ctx *c, const uint8_t *w, int rows, float *panel,
+                          float *tmp) {
+    const qtype_ops *o = c->ops;
+    int64_t step = o->block > PANEL_STEP ? o->block : PANEL_STEP;
+    for (int64_t k0 = 0; k0 < c->K; k0 += step) {
+        int kc = c->K - k0 < step ? (int)(c->K - k0) : (int)step;
+        for (int r = 0; r < 32; r++) {
+            float *dst = tmp + r * step;
+            if (r < rows)
+                dequant_run(o, w + r * c->row_bytes + k0 / o->block * o->bytes, kc / o->block,
+                            dst);
+            else
+                memset(dst, 0, sizeof(float) * kc);
+        }
+        for (int j = 0; j < kc; j++)
+            for (int r = 0; r < 32; r++) panel[(k0 + j) * 32 + r] = tmp[r * step + j];
+    }
+}
+
+/* M tiled in chunks of up to 64 rows, K in KC steps, like gemm_packed. */
+#define PANEL_MAX_M 64
+
+static void task_panel(void *arg, int64_t t) {
+    const gemm_ctx *c = arg;
+    int64_t n0 = t * c->chunk, n1 = n0 + c->chunk < c->N ? n0 + c->chunk : c->N;
+    int64_t step = c->ops->block > PANEL_STEP ? c->ops->block : PANEL_STEP;
+    float *panel = aligned_alloc(64, (size_t)(c->K * 32 + 32 * step) * sizeof(float));
+    if (!panel) { /* no memory for the panel: the slower path needs none */
+        task_dot_exact(arg, t);
+        return;
+    }
+    float *tmp = panel + c->K * 32;
+    float acc[PANEL_MAX_M * 32];
+    for (int64_t p0 = n0; p0 < n1; p0 += 32) {
+        int cols = n1 - p0 < 32 ? (int)(n1 - p0) : 32;
+        dequant_panel(c, c->w + p0 * c->row_bytes, cols, panel, tmp);
+        for (int64_t m0 = 0; m0 < c->M; m0 += PANEL_MAX_M) {
+            int64_t mc = c->M - m0 < PANEL_MAX_M ? c->M - m0 : PANEL_MAX_M;
+            /* even row blocks: 32 rows go as 11 + 11 + 10, not 12 + 12 + 8 */
+            int64_t blocks = (mc + MR - 1) / MR, rows = (mc + blocks - 1) / blocks;
+            const float *x = c->x + m0 * c->ldx;
+            for (int64_t k0 = 0; k0 < c->K; k0 += KC) {
+                int kc = c->K - k0 < KC ? (int)(c->K - k0) : KC;
+                const char *ahead = (const char *)(panel + (k0 + 2 * KC) * NR);
+                for (int64_t i0 = 0; i0 < mc; i0 += rows) {
+                    int mr = mc - i0 < rows ? (int)(mc - i0) : (int)rows;
+                    gemm_rows(x + i0 * c->ldx + k0, c->ldx, panel + k0 * NR, kc, acc + i0 * NR,
+                              mr, k0 == 0, ahead);
+                }
+            }
+            for (int64_t i = 0; i < mc; i++) {
+                float *o = c->out + (m0 + i) * c->ldo + p0;
+                for (int j = 0; j < cols; j++) o[j] = acc[i * NR + j] + (c->bias ? c->bias[p0 + j] : 0.0f);
+            }
+        }
+    }
+    free(panel);
+}
+#endif
+
+/* ---- entry points ------------------------------------------------------------ */
+
+static void quantize_rows_task(void *arg, int64_t t) {
+    const gemm_ctx *c = arg;
+    const float *x = c->x + t * c->ldx;
+    void *dst = (char *)c->xq + t * c->xq_stride;
+    if (c->ops->act == ACT_Q8_32)
+        quantize_act_q8_32(x, c->K, dst);
+    else
+        quantize_act_q8_256(x, c->K, dst);
+}
+
+int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x, int64_t M,
+               int64_t ldx, const float *bias, float *out, int64_t ldo, int fast, int threads) {
+    const qtype_ops *o = ops_of(qtype);
+    if (!o || K <= 0 || K % o->block || N < 0 || M < 0) return -1;
+    if (M == 0 || N == 0) return 0;
+    gemm_ctx c = {.ops = o, .w = w, .N = N, .K = K, .nb = K / o->block,
+                  .row_bytes = K / o->block * o->bytes, .x = x, .M = M, .ldx = ldx,
+                  .bias = bias, .out = out, .ldo = ldo};
+    /* A type without an integer path has nothing faster than exact. */
+    if (fast && o->dot_fast) {
+        int per = o->act == ACT_Q8_32 ? 32 : 256;
+        size_t size = o->act == ACT_Q8_32 ? sizeof(act_q8_32) : sizeof(act_q8_256);
+        if (K % per) return -1;
+        c.xq_stride = (int64_t)(K / per * size);
+        size_t total = (size_t)(M * c.xq_stride);
+        _Alignas(64) char stack_buf[STACK_ACT_BYTES];
+        void *buf = total <= sizeof stack_buf ? stack_buf : malloc(total);
+        if (!buf) return -1;
+        c.xq = buf;
+        run_tasks(quantize_rows_task, &c, M, M * K >= 65536 ? threads : 1);
+        int64_t ntasks = split(N, threads, 4, MIN_TASK_ROWS, &c.chunk);
+        run_tasks(task_dot_fast, &c, ntasks, threads);
+        if (buf != stack_buf) free(buf);
+        return 0;
+    }
+#if defined(__AVX512F__)
+    if (M > EXACT_DOT_MAX_M) {
+        int64_t ntasks = split(N, threads, 32, 32, &c.chunk);
+        run_tasks(task_panel, &c, ntasks, threads);
+        return 0;
+    }
+#endif
+    int64_t ntasks = split(N, threads, 4, MIN_TASK_ROWS, &c.chunk);
+    run_tasks(task_dot_exact, &c, ntasks, threads);
+    return 0;
+}
+
+typedef struct {
+    const qtype_ops *ops;
+    const uint8_t *w;
+    int64_t K, row_bytes, chunk, n, ldo;
+    const int64_t *rows;
+    float *out;
+} dequant_ctx;
+
+static void task_dequant(void *arg, int64_t t) {
+    const dequant_ctx *c = arg;
+    int64_t i1 = (t + 1) * c->chunk < c->n ? (t + 1) * c->chunk : c->n;
+    for (int64_t i = t * c->chunk; i < i1; i++) {
+        int64_t r = c->rows ? c->rows[i] : i;
+        dequant_run(c->ops, c->w + r * c->row_bytes, c->K / c->ops->block, c->out + i * c->ldo);
+    }
+}
+
+int quant_dequant_rows(int qtype, const uint8_t *w, int64_t K, const int64_t *rows, int64_t n,
+                       float *out, int64_t ldo, int threads) {
+    const qtype_ops *o = ops_of(qtype);
+    if (!o || K <= 0 || K % o->block || n < 0) return -1;
+    if (n == 0) return 0;
+    dequant_ctx c = {.ops = o, .w = w, .K = K, .row_bytes = K / o->block * o->bytes, .n = n,
+                     .ldo = ldo, .rows = rows, .out = out};
+    /* at least ~64K values a task: small lookups stay on the caller */
+    int64_t ntasks = split(n, threads, 1, 65536 / K + 1, &c.chunk);
+    run_tasks(task_dequant, &c, ntasks, threads);
+    return 0;
+}
