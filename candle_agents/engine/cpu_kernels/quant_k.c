@@ -173,19 +173,25 @@ FAST_SCALAR(fast_q6k, Q6K_BYTES, ints_q6k)
  * run-time dispatch): AVX-512BW (with VNNI where present), else AVX2 (with
  * AVX-VNNI where present), else the portable C above. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define PICK(t) qk512_##t##_exact, ACT_Q8_256, qk512_##t##_fast
+#define OPS_OF(id, t, size)                                                              \
+    {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
+     .dot_exact = qk512_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk512_##t##_fast,      \
+     .dequant_row = qk512_##t##_dequant}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-#define PICK(t) qk256_##t##_exact, ACT_Q8_256, qk256_##t##_fast
-#else
-#define PICK(t) exact_##t, ACT_Q8_256, fast_##t
+#define OPS_OF(id, t, size)                                                              \
+    {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
+     .dot_exact = qk256_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
+     .dequant_row = qk256_##t##_dequant}
+#else /* the driver loops dequant_block where dequant_row is NULL */
+#define OPS_OF(id, t, size)                                                              \
+    {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
+     .dot_exact = exact_##t, .act = ACT_Q8_256, .dot_fast = fast_##t}
 #endif
 
 static const qtype_ops OPS[] = {
-    {QT_Q2_K, QK, Q2K_BYTES, dequant_q2k, PICK(q2k)},
-    {QT_Q3_K, QK, Q3K_BYTES, dequant_q3k, PICK(q3k)},
-    {QT_Q4_K, QK, Q4K_BYTES, dequant_q4k, PICK(q4k)},
-    {QT_Q5_K, QK, Q5K_BYTES, dequant_q5k, PICK(q5k)},
-    {QT_Q6_K, QK, Q6K_BYTES, dequant_q6k, PICK(q6k)},
+    OPS_OF(QT_Q2_K, q2k, Q2K_BYTES), OPS_OF(QT_Q3_K, q3k, Q3K_BYTES),
+    OPS_OF(QT_Q4_K, q4k, Q4K_BYTES), OPS_OF(QT_Q5_K, q5k, Q5K_BYTES),
+    OPS_OF(QT_Q6_K, q6k, Q6K_BYTES),
 };
 
 const qtype_ops *quant_k_ops(int type) {

@@ -86,9 +86,12 @@ static inline void qk_scales_q3(const uint8_t *s, int8_t sc[16]) {
     const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride, int m, float *out, \
         int64_t ldo
 
-#define QK_DECLARE(name) \
+#define QK_DEQUANT_ARGS const uint8_t *row, int64_t nblocks, float *out
+
+#define QK_DECLARE(name)                  \
     void name##_exact(QK_DOT_EXACT_ARGS); \
-    void name##_fast(QK_DOT_FAST_ARGS);
+    void name##_fast(QK_DOT_FAST_ARGS);   \
+    void name##_dequant(QK_DEQUANT_ARGS);
 QK_DECLARE(qk512_q2k)
 QK_DECLARE(qk512_q3k)
 QK_DECLARE(qk512_q4k)

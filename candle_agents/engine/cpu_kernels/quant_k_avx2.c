@@ -172,41 +172,65 @@ AI void fast_rows(const uint8_t *row, int64_t nblocks, const void *xq, int64_t x
  * The unpacked bytes (minus off) through int32 to float, times the 16-value
  * scale d * sc, minus dmin * mn where the type has a min: the float
  * operations of the reference dequantization. */
+typedef struct {
+    int8_t q[QK] __attribute__((aligned(32)));
+    float dl[16] __attribute__((aligned(32))), ml[16] __attribute__((aligned(32)));
+} kf;
+
+AI __m256 i16_to_f32(__m256i v, int h) {
+    __m128i x = h ? _mm256_extracti128_si256(v, 1) : _mm256_castsi256_si128(v);
+    return _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(x));
+}
+
+AI void to_floats(const kb *w, kf *f, const int off, const int has_min) {
+    for (int c = 0; c < 8; c++)
+        _mm256_store_si256((__m256i *)(f->q + 32 * c),
+                           _mm256_sub_epi8(w->u[c], _mm256_set1_epi8((char)off)));
+    for (int h = 0; h < 2; h++) {
+        _mm256_store_ps(f->dl + 8 * h, _mm256_mul_ps(_mm256_set1_ps(w->d), i16_to_f32(w->sc, h)));
+        if (has_min)
+            _mm256_store_ps(f->ml + 8 * h,
+                            _mm256_mul_ps(_mm256_set1_ps(w->dmin), i16_to_f32(w->mn, h)));
+    }
+}
+
+/* Weights 8 j .. 8 j + 7 of the block: dl * q (- ml), as the reference. */
+AI __m256 weights8(const kf *f, int j, const int has_min) {
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(f->q + 8 * j))));
+    v = _mm256_mul_ps(v, _mm256_broadcast_ss(f->dl + j / 2));
+    return has_min ? _mm256_sub_ps(v, _mm256_broadcast_ss(f->ml + j / 2)) : v;
+}
+
 AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
                    const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
                    const int off, const int has_min) {
     __m256 acc[QDOT_MAX_ROWS][2]; /* 2 chains per row: FMA latency bounds one row */
     for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    int8_t q[QK] __attribute__((aligned(32)));
-    float dl[16] __attribute__((aligned(32))), ml[16] __attribute__((aligned(32)));
+    kf f;
     for (int64_t blk = 0; blk < nblocks; blk++) {
         kb w;
         unpack(row + blk * bytes, &w);
-        for (int c = 0; c < 8; c++)
-            _mm256_store_si256((__m256i *)(q + 32 * c),
-                               _mm256_sub_epi8(w.u[c], _mm256_set1_epi8((char)off)));
-        __m256 d = _mm256_set1_ps(w.d), dm = _mm256_set1_ps(w.dmin);
-        for (int h = 0; h < 2; h++) {
-            __m128i sc = h ? _mm256_extracti128_si256(w.sc, 1) : _mm256_castsi256_si128(w.sc);
-            _mm256_store_ps(dl + 8 * h, _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(sc))));
-            if (has_min) {
-                __m128i mn = h ? _mm256_extracti128_si256(w.mn, 1) : _mm256_castsi256_si128(w.mn);
-                _mm256_store_ps(ml + 8 * h,
-                                _mm256_mul_ps(dm, _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(mn))));
-            }
-        }
+        to_floats(&w, &f, off, has_min);
         const float *xb = x + blk * QK;
         for (int j = 0; j < 32; j++) {
-            __m256 v = _mm256_cvtepi32_ps(
-                _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * j))));
-            v = _mm256_mul_ps(v, _mm256_broadcast_ss(dl + j / 2));
-            if (has_min) v = _mm256_sub_ps(v, _mm256_broadcast_ss(ml + j / 2));
+            __m256 v = weights8(&f, j, has_min);
             for (int i = 0; i < M; i++)
                 acc[i][j & 1] =
                     _mm256_fmadd_ps(v, _mm256_loadu_ps(xb + i * ldx + 8 * j), acc[i][j & 1]);
         }
     }
     for (int i = 0; i < M; i++) out[i * ldo] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+}
+
+AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int bytes,
+                     unpack_fn unpack, const int off, const int has_min) {
+    kf f;
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        kb w;
+        unpack(row + blk * bytes, &w);
+        to_floats(&w, &f, off, has_min);
+        for (int j = 0; j < 32; j++) _mm256_storeu_ps(out + blk * QK + 8 * j, weights8(&f, j, has_min));
+    }
 }
 
 /* -- entry points: one instance per row count ----------------------------------- */
@@ -244,4 +268,10 @@ DEFINE(q3k)
 DEFINE(q4k)
 DEFINE(q5k)
 DEFINE(q6k)
+
+void qk256_q2k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1); }
+void qk256_q3k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0); }
+void qk256_q4k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q4K_BYTES, unpack_q4k, 0, 1); }
+void qk256_q5k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1); }
+void qk256_q6k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0); }
 #endif

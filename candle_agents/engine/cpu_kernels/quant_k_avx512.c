@@ -209,30 +209,42 @@ AI void fast_rows(const uint8_t *row, int64_t nblocks, const void *xq, int64_t x
 /* -- the exact path -------------------------------------------------------------
  * Generic: the unpacked bytes (minus off) through int32 to float, times the
  * 16-value scale d * sc, minus dmin * mn where the type has a min. */
+typedef struct {
+    int8_t q[QK] __attribute__((aligned(64)));
+    float dl[16] __attribute__((aligned(64))), ml[16] __attribute__((aligned(64)));
+} kf;
+
+AI void to_floats(const kb *w, kf *f, const int off, const int has_min) {
+    for (int c = 0; c < 4; c++)
+        _mm512_store_si512(f->q + 64 * c, _mm512_sub_epi8(w->u[c], _mm512_set1_epi8((char)off)));
+    _mm512_store_ps(f->dl, _mm512_mul_ps(_mm512_set1_ps(w->d),
+                                         _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w->sc))));
+    if (has_min)
+        _mm512_store_ps(f->ml, _mm512_mul_ps(_mm512_set1_ps(w->dmin),
+                                             _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w->mn))));
+}
+
+/* Weights 16 j .. 16 j + 15 of the block: dl * q (- ml), as the reference. */
+AI __m512 weights16(const kf *f, int j, const int has_min) {
+    __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(f->q + 16 * j))));
+    v = _mm512_mul_ps(v, _mm512_set1_ps(f->dl[j]));
+    return has_min ? _mm512_sub_ps(v, _mm512_set1_ps(f->ml[j])) : v;
+}
+
 AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
                    const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
                    const int off, const int has_min) {
     __m512 acc[QDOT_MAX_ROWS][4]; /* 4 chains per row: FMA latency, not throughput, bounds one row */
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
-    int8_t q[QK] __attribute__((aligned(64)));
-    float dl[16] __attribute__((aligned(64))), ml[16] __attribute__((aligned(64)));
+    kf f;
     for (int64_t blk = 0; blk < nblocks; blk++) {
         kb w;
         unpack(row + blk * bytes, &w);
-        for (int c = 0; c < 4; c++)
-            _mm512_store_si512(q + 64 * c, _mm512_sub_epi8(w.u[c], _mm512_set1_epi8((char)off)));
-        _mm512_store_ps(dl, _mm512_mul_ps(_mm512_set1_ps(w.d),
-                                          _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w.sc))));
-        if (has_min)
-            _mm512_store_ps(ml, _mm512_mul_ps(_mm512_set1_ps(w.dmin),
-                                              _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(w.mn))));
+        to_floats(&w, &f, off, has_min);
         const float *xb = x + blk * QK;
         for (int j = 0; j < 16; j++) {
-            __m512 v = _mm512_cvtepi32_ps(
-                _mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(q + 16 * j))));
-            v = _mm512_mul_ps(v, _mm512_set1_ps(dl[j]));
-            if (has_min) v = _mm512_sub_ps(v, _mm512_set1_ps(ml[j]));
+            __m512 v = weights16(&f, j, has_min);
             for (int i = 0; i < M; i++)
                 acc[i][j & 3] =
                     _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + i * ldx + 16 * j), acc[i][j & 3]);
@@ -241,44 +253,71 @@ AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t 
     for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
 }
 
+AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int bytes,
+                     unpack_fn unpack, const int off, const int has_min) {
+    kf f;
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        kb w;
+        unpack(row + blk * bytes, &w);
+        to_floats(&w, &f, off, has_min);
+        for (int j = 0; j < 16; j++) _mm512_storeu_ps(out + blk * QK + 16 * j, weights16(&f, j, has_min));
+    }
+}
+
 /* Q4_K: per sub-block a table of its 16 possible values (d sc k - dmin m),
  * indexed by the nibbles themselves: vpermps reads only the low 4 bits of
  * each index, so the low nibble needs no mask. */
+AI void q4k_tables(const uint8_t *b, float t[16]) {
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_scales(b + 4)));
+    __m512 dd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(qk_f16(b)), _mm512_set1_ps(qk_f16(b + 2)));
+    _mm512_store_ps(t, _mm512_mul_ps(dd, f)); /* d sc[0..7], dmin m[0..7] */
+}
+
+/* Weights 64 g .. 64 g + 63 of the block. */
+AI void q4k_weights64(const uint8_t *b, const float t[16], int g, __m512 w[4]) {
+    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    __m512 lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g]), iota), _mm512_set1_ps(t[8 + 2 * g]));
+    __m512 hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g + 1]), iota), _mm512_set1_ps(t[9 + 2 * g]));
+    const uint8_t *qs = b + 16 + 32 * g;
+    __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
+    __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
+    w[0] = _mm512_permutexvar_ps(i0, lo), w[1] = _mm512_permutexvar_ps(i1, lo);
+    w[2] = _mm512_permutexvar_ps(_mm512_srli_epi32(i0, 4), hi);
+    w[3] = _mm512_permutexvar_ps(_mm512_srli_epi32(i1, 4), hi);
+}
+
 AI void exact_q4k_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
                        const int M, float *out, int64_t ldo) {
     __m512 acc[QDOT_MAX_ROWS][4];
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
-    const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     float t[16] __attribute__((aligned(64)));
     for (int64_t blk = 0; blk < nblocks; blk++) {
         const uint8_t *b = row + blk * Q4K_BYTES;
-        __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_scales(b + 4)));
-        __m512 dd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(qk_f16(b)),
-                                         _mm512_set1_ps(qk_f16(b + 2)));
-        _mm512_store_ps(t, _mm512_mul_ps(dd, f)); /* d sc[0..7], dmin m[0..7] */
+        q4k_tables(b, t);
         const float *xb = x + blk * QK;
         for (int g = 0; g < 4; g++) {
-            __m512 lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g]), iota),
-                                      _mm512_set1_ps(t[8 + 2 * g]));
-            __m512 hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g + 1]), iota),
-                                      _mm512_set1_ps(t[9 + 2 * g]));
-            const uint8_t *qs = b + 16 + 32 * g;
-            __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
-            __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
-            __m512 w0 = _mm512_permutexvar_ps(i0, lo), w1 = _mm512_permutexvar_ps(i1, lo);
-            __m512 w2 = _mm512_permutexvar_ps(_mm512_srli_epi32(i0, 4), hi);
-            __m512 w3 = _mm512_permutexvar_ps(_mm512_srli_epi32(i1, 4), hi);
-            for (int i = 0; i < M; i++) {
-                const float *xi = xb + i * ldx + 64 * g;
-                acc[i][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xi), acc[i][0]);
-                acc[i][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xi + 16), acc[i][1]);
-                acc[i][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(xi + 32), acc[i][2]);
-                acc[i][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(xi + 48), acc[i][3]);
-            }
+            __m512 w[4];
+            q4k_weights64(b, t, g, w);
+            for (int i = 0; i < M; i++)
+                for (int k = 0; k < 4; k++)
+                    acc[i][k] = _mm512_fmadd_ps(w[k], _mm512_loadu_ps(xb + i * ldx + 64 * g + 16 * k), acc[i][k]);
         }
     }
     for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
+}
+
+static void dequant_q4k_row(const uint8_t *row, int64_t nblocks, float *out) {
+    float t[16] __attribute__((aligned(64)));
+    for (int64_t blk = 0; blk < nblocks; blk++) {
+        const uint8_t *b = row + blk * Q4K_BYTES;
+        q4k_tables(b, t);
+        for (int g = 0; g < 4; g++) {
+            __m512 w[4];
+            q4k_weights64(b, t, g, w);
+            for (int k = 0; k < 4; k++) _mm512_storeu_ps(out + blk * QK + 64 * g + 16 * k, w[k]);
+        }
+    }
 }
 
 /* -- entry points: one instance per row count ----------------------------------- */
@@ -291,11 +330,11 @@ AI void exact_q4k_rows(const uint8_t *row, int64_t nblocks, const float *x, int6
     default: body(4); break;         \
     }
 
-#define DEFINE(t)                                              \
-    void qk512_##t##_fast(QK_DOT_FAST_ARGS) {                                             \
-        _Static_assert(QDOT_MAX_ROWS == 4, "BY_ROWS covers 1..4 rows");                   \
-        BY_ROWS(FAST_##t)                                                                  \
-    }                                                                                      \
+#define DEFINE(t)                                                                          \
+    void qk512_##t##_fast(QK_DOT_FAST_ARGS) {                                              \
+        _Static_assert(QDOT_MAX_ROWS == 4, "BY_ROWS covers 1..4 rows");                    \
+        BY_ROWS(FAST_##t)                                                                   \
+    }                                                                                       \
     void qk512_##t##_exact(QK_DOT_EXACT_ARGS) { BY_ROWS(EXACT_##t) }
 
 #define FAST_ARGS row, nblocks, xq, xq_stride
@@ -316,4 +355,10 @@ DEFINE(q3k)
 DEFINE(q4k)
 DEFINE(q5k)
 DEFINE(q6k)
+
+void qk512_q2k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1); }
+void qk512_q3k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0); }
+void qk512_q4k_dequant(QK_DEQUANT_ARGS) { dequant_q4k_row(row, nblocks, out); }
+void qk512_q5k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1); }
+void qk512_q6k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0); }
 #endif
