@@ -32,8 +32,10 @@
 #define Q5K_BYTES 176
 #define Q6K_BYTES 210
 
-#if defined(__F16C__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#if defined(__F16C__)
 static inline float qk_f16(const uint8_t *p) {
     uint16_t h;
     memcpy(&h, p, 2);
@@ -68,6 +70,27 @@ static inline void qk_scale_min_k4(const uint8_t *s, uint8_t sc[8], uint8_t mn[8
         mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
     }
 }
+
+#if defined(__AVX2__)
+/* Q4_K/Q5_K: the 8 scales then the 8 mins as bytes, from the block's first
+ * 16 bytes (d, dmin, scales[12]) in one load: bytes 4-7 hold scales 0-3
+ * (low 6 bits), 8-11 mins 0-3, 12-15 the low 4 bits of scales 4-7 (low
+ * nibble) and mins 4-7 (high nibble); the top 2 bits of bytes 4-11 are
+ * the high bits of scales and mins 4-7. */
+static inline __m128i qk_k4_scales(const uint8_t *b) {
+    const __m128i v = _mm_loadu_si128((const __m128i *)b);
+    /* P: sources of the low parts in each output position; Q: of the top 2 bits */
+    __m128i p = _mm_shuffle_epi8(v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m128i q = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    const __m128i lo6 = _mm_setr_epi8(63, 63, 63, 63, 0, 0, 0, 0, 63, 63, 63, 63, 0, 0, 0, 0);
+    const __m128i nib_lo = _mm_setr_epi8(0, 0, 0, 0, 15, 15, 15, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m128i nib_hi = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
+    /* epi16 shifts: bits that cross into the neighbouring byte are masked off */
+    __m128i nib = _mm_or_si128(_mm_and_si128(p, nib_lo), _mm_and_si128(_mm_srli_epi16(p, 4), nib_hi));
+    __m128i top = _mm_and_si128(_mm_srli_epi16(q, 2), _mm_set1_epi8(0x30));
+    return _mm_or_si128(_mm_and_si128(p, lo6), _mm_or_si128(nib, top));
+}
+#endif
 
 /* Q3_K: the 16 signed scales (6 bits, offset 32), one per 16 values. */
 static inline void qk_scales_q3(const uint8_t *s, int8_t sc[16]) {

@@ -21,12 +21,7 @@ typedef struct {
 
 /* Q4_K/Q5_K scales and mins, each repeated for its two 16-value halves. */
 AI void k4_common(const uint8_t *b, kb *o) {
-    uint32_t a, bb, c;
-    memcpy(&a, b + 4, 4), memcpy(&bb, b + 8, 4), memcpy(&c, b + 12, 4);
-    __m128i s = _mm_set_epi32((int)(((c >> 4) & 0x0F0F0F0F) | ((bb >> 2) & 0x30303030)),
-                              (int)(bb & 0x3F3F3F3F),
-                              (int)((c & 0x0F0F0F0F) | ((a >> 2) & 0x30303030)),
-                              (int)(a & 0x3F3F3F3F)); /* scales 0-7, mins 0-7 */
+    __m128i s = qk_k4_scales(b);
     o->sc = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(s, s));
     o->mn = _mm256_cvtepu8_epi16(_mm_unpackhi_epi8(s, s));
     o->d = qk_f16(b), o->dmin = qk_f16(b + 2);
@@ -206,18 +201,25 @@ AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t 
                    const int off, const int has_min) {
     __m256 acc[QDOT_MAX_ROWS][2]; /* 2 chains per row: FMA latency bounds one row */
     for (int i = 0; i < M; i++) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    kf f;
+    /* The next block is unpacked one block ahead (see exact_q4k_rows). */
+    kf f[2];
+    kb w;
+    unpack(row, &w);
+    to_floats(&w, &f[0], off, has_min);
     for (int64_t blk = 0; blk < nblocks; blk++) {
-        kb w;
-        unpack(row + blk * bytes, &w);
-        to_floats(&w, &f, off, has_min);
-        const float *xb = x + blk * QK;
-        for (int j = 0; j < 32; j++) {
-            __m256 v = weights8(&f, j, has_min);
-            for (int i = 0; i < M; i++)
-                acc[i][j & 1] =
-                    _mm256_fmadd_ps(v, _mm256_loadu_ps(xb + i * ldx + 8 * j), acc[i][j & 1]);
+        if (blk + 1 < nblocks) {
+            unpack(row + (blk + 1) * bytes, &w);
+            to_floats(&w, &f[(blk + 1) & 1], off, has_min);
         }
+        const kf *fb = &f[blk & 1];
+        const float *xb = x + blk * QK;
+        for (int j0 = 0; j0 < 32; j0 += 2)
+            for (int k = 0; k < 2; k++) { /* k constant once unrolled: acc stays in registers */
+                __m256 v = weights8(fb, j0 + k, has_min);
+                for (int i = 0; i < M; i++)
+                    acc[i][k] = _mm256_fmadd_ps(v, _mm256_loadu_ps(xb + i * ldx + 8 * (j0 + k)),
+                                                acc[i][k]);
+            }
     }
     for (int i = 0; i < M; i++) out[i * ldo] = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
 }

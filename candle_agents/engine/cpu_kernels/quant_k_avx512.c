@@ -48,16 +48,6 @@ AI __m512i bcast32(const uint8_t *p) {
     return _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)p));
 }
 
-/* Q4_K/Q5_K scales and mins as 16 bytes: scales in 0..7, mins in 8..15. */
-AI __m128i k4_scales(const uint8_t *s) {
-    uint32_t a, b, c;
-    memcpy(&a, s, 4), memcpy(&b, s + 4, 4), memcpy(&c, s + 8, 4);
-    uint32_t sc_lo = a & 0x3F3F3F3F, mn_lo = b & 0x3F3F3F3F;
-    uint32_t sc_hi = (c & 0x0F0F0F0F) | ((a >> 2) & 0x30303030);
-    uint32_t mn_hi = ((c >> 4) & 0x0F0F0F0F) | ((b >> 2) & 0x30303030);
-    return _mm_set_epi32((int)mn_hi, (int)mn_lo, (int)sc_hi, (int)sc_lo);
-}
-
 /* Low nibbles of 32 bytes for the lower half, high nibbles for the upper. */
 AI __m512i nibbles(const uint8_t *p) {
     __m512i w = bcast32(p);
@@ -65,7 +55,7 @@ AI __m512i nibbles(const uint8_t *p) {
 }
 
 AI void k4_common(const uint8_t *b, kb *o) {
-    __m256i v = _mm256_cvtepu8_epi16(k4_scales(b + 4));
+    __m256i v = _mm256_cvtepu8_epi16(qk_k4_scales(b));
     o->sc = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_LO), v);
     o->mn = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_HI), v);
     o->d = qk_f16(b), o->dmin = qk_f16(b + 2);
@@ -237,18 +227,25 @@ AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t 
     __m512 acc[QDOT_MAX_ROWS][4]; /* 4 chains per row: FMA latency, not throughput, bounds one row */
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
-    kf f;
+    /* The next block is unpacked one block ahead (see exact_q4k_rows). */
+    kf f[2];
+    kb w;
+    unpack(row, &w);
+    to_floats(&w, &f[0], off, has_min);
     for (int64_t blk = 0; blk < nblocks; blk++) {
-        kb w;
-        unpack(row + blk * bytes, &w);
-        to_floats(&w, &f, off, has_min);
-        const float *xb = x + blk * QK;
-        for (int j = 0; j < 16; j++) {
-            __m512 v = weights16(&f, j, has_min);
-            for (int i = 0; i < M; i++)
-                acc[i][j & 3] =
-                    _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + i * ldx + 16 * j), acc[i][j & 3]);
+        if (blk + 1 < nblocks) {
+            unpack(row + (blk + 1) * bytes, &w);
+            to_floats(&w, &f[(blk + 1) & 1], off, has_min);
         }
+        const kf *fb = &f[blk & 1];
+        const float *xb = x + blk * QK;
+        for (int j0 = 0; j0 < 16; j0 += 4)
+            for (int k = 0; k < 4; k++) { /* k constant once unrolled: acc stays in registers */
+                __m512 v = weights16(fb, j0 + k, has_min);
+                for (int i = 0; i < M; i++)
+                    acc[i][k] = _mm512_fmadd_ps(v, _mm512_loadu_ps(xb + i * ldx + 16 * (j0 + k)),
+                                                acc[i][k]);
+            }
     }
     for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
 }
@@ -268,8 +265,13 @@ AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int 
  * indexed by the nibbles themselves: vpermps reads only the low 4 bits of
  * each index, so the low nibble needs no mask. */
 AI void q4k_tables(const uint8_t *b, float t[16]) {
-    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(k4_scales(b + 4)));
-    __m512 dd = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(qk_f16(b)), _mm512_set1_ps(qk_f16(b + 2)));
+    __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(qk_k4_scales(b)));
+    /* d in lanes 0-7, dmin in 8-15, from one conversion of the first 4 bytes */
+    int dw;
+    memcpy(&dw, b, 4);
+    __m128 h = _mm_cvtph_ps(_mm_cvtsi32_si128(dw));
+    __m512 dd = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                                      _mm512_castps128_ps512(h));
     _mm512_store_ps(t, _mm512_mul_ps(dd, f)); /* d sc[0..7], dmin m[0..7] */
 }
 
@@ -291,14 +293,17 @@ AI void exact_q4k_rows(const uint8_t *row, int64_t nblocks, const float *x, int6
     __m512 acc[QDOT_MAX_ROWS][4];
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
-    float t[16] __attribute__((aligned(64)));
+    /* The scales of the next block are decoded one block ahead: their chain
+     * of latencies then overlaps this block's work instead of stalling it. */
+    float t[2][16] __attribute__((aligned(64)));
+    q4k_tables(row, t[0]);
     for (int64_t blk = 0; blk < nblocks; blk++) {
         const uint8_t *b = row + blk * Q4K_BYTES;
-        q4k_tables(b, t);
+        if (blk + 1 < nblocks) q4k_tables(b + Q4K_BYTES, t[(blk + 1) & 1]);
         const float *xb = x + blk * QK;
         for (int g = 0; g < 4; g++) {
             __m512 w[4];
-            q4k_weights64(b, t, g, w);
+            q4k_weights64(b, t[blk & 1], g, w);
             for (int i = 0; i < M; i++)
                 for (int k = 0; k < 4; k++)
                     acc[i][k] = _mm512_fmadd_ps(w[k], _mm512_loadu_ps(xb + i * ldx + 64 * g + 16 * k), acc[i][k]);
