@@ -171,12 +171,14 @@ FAST_SCALAR(fast_q6k, Q6K_BYTES, ints_q6k)
 
 /* -- the type table ------------------------------------------------------------
  * The vector paths come from the compile target (-march=native is the
- * run-time dispatch): AVX-512BW (with VNNI where present), else AVX2 (with
- * AVX-VNNI where present), else the portable C above. */
+ * run-time dispatch): on AVX-512BW the exact path and dequant_row are
+ * quant_k_avx512.c's and the fast path quant_k_avx2.c's (256-bit measured as
+ * fast or faster), on AVX2 both are quant_k_avx2.c's, else the portable C
+ * above. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
-     .dot_exact = qk512_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk512_##t##_fast,      \
+     .dot_exact = qk512_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
      .dequant_row = qk512_##t##_dequant}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define OPS_OF(id, t, size)                                                              \

@@ -1,5 +1,6 @@
 /* Shared by the K-quant files (quant_k.c: formats, portable C and the type
- * table; quant_k_avx512.c and quant_k_avx2.c: the vector paths).
+ * table; quant_k_avx512.c: AVX-512 exact dots and dequantization;
+ * quant_k_avx2.c: the 256-bit paths, the fast one on every x86 vector build).
  *
  * Block layouts (256 values each; GGML's ggml-common.h):
  *   Q2_K  84 B: scales[16] (low nibble scale, high nibble min, per 16 values),
@@ -115,6 +116,7 @@ static inline void qk_scales_q3(const uint8_t *s, int8_t sc[16]) {
     void name##_exact(QK_DOT_EXACT_ARGS); \
     void name##_fast(QK_DOT_FAST_ARGS);   \
     void name##_dequant(QK_DEQUANT_ARGS);
+/* qk512_*_fast are not defined: AVX-512 builds take qk256_*_fast. */
 QK_DECLARE(qk512_q2k)
 QK_DECLARE(qk512_q3k)
 QK_DECLARE(qk512_q4k)

@@ -1,10 +1,15 @@
-/* K-quant dot products for AVX2 + FMA (with AVX-VNNI's vpdpwssd where the
- * target has it): the scheme of quant_k_avx512.c on 256-bit vectors.
+/* K-quant dot products for AVX2 + FMA: the fast (integer) path of every x86
+ * vector build (AVX-512 ones included, where it also gets 32 registers and
+ * VNNI's vpdpwssd), and the exact path and row dequantization of AVX2-only
+ * builds (quant_k_avx512.c has those for AVX-512).
  *
  * A block unpacks into 8 vectors of 32 unsigned bytes in value order
- * (value = u - off) and, per 32 values, the int16 scales that pmaddwd needs;
- * with 16 vector registers these live on the stack and are read back as
- * memory operands, one unpack serving every activation row. */
+ * (value = u - off), 16 int16 scales and 16 int16 mins (or off * scale) per
+ * 16 values, d and dmin. Per activation row the fast path then needs
+ * pmaddubsw (u8 x s8 pairs; no saturation at these ranges: at most
+ * 2 * 63 * 127) and vpdpwssd (or pmaddwd + add) with the scales; the mins
+ * come from the activations' 16-value sums (bsums). One unpack serves up to
+ * QDOT_MAX_ROWS rows. */
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #include <immintrin.h>
 
@@ -108,6 +113,8 @@ AI void unpack_q6k(const uint8_t *b, kb *o) {
 
 #if defined(__AVXVNNI__)
 #define DPWSSD(acc, a, b) _mm256_dpwssd_avx_epi32(acc, a, b)
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define DPWSSD(acc, a, b) _mm256_dpwssd_epi32(acc, a, b)
 #else
 #define DPWSSD(acc, a, b) _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
 #endif
@@ -135,32 +142,32 @@ AI void scale_vectors(__m256i sc, __m256i s[8]) {
 AI void fast_rows(const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride,
                   const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
                   const int fold) {
-    __m256 acc[QDOT_MAX_ROWS], accm[QDOT_MAX_ROWS];
-    for (int i = 0; i < M; i++) acc[i] = _mm256_setzero_ps(), accm[i] = _mm256_setzero_ps();
+    __m256 acc[QDOT_MAX_ROWS];
+    for (int i = 0; i < M; i++) acc[i] = _mm256_setzero_ps();
     for (int64_t blk = 0; blk < nblocks; blk++) {
         kb w;
         __m256i s[8];
         unpack(row + blk * bytes, &w);
         scale_vectors(w.sc, s);
+        const __m256 d = _mm256_set1_ps(w.d), dmin = _mm256_set1_ps(w.dmin);
         for (int i = 0; i < M; i++) {
             const act_q8_256 *a = (const act_q8_256 *)((const char *)xq + i * xq_stride) + blk;
-            __m256i sum2[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+            __m256i sum2[2];
             for (int c = 0; c < 8; c++) {
                 __m256i p = _mm256_maddubs_epi16(
                     w.u[c], _mm256_loadu_si256((const __m256i *)(a->qs + 32 * c)));
-                sum2[c & 1] = DPWSSD(sum2[c & 1], p, s[c]);
+                sum2[c & 1] = c < 2 ? _mm256_madd_epi16(p, s[c]) : DPWSSD(sum2[c & 1], p, s[c]);
             }
             __m256i sum = _mm256_add_epi32(sum2[0], sum2[1]);
             __m256i mn = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), w.mn);
-            if (fold)
-                sum = _mm256_sub_epi32(sum, mn);
-            else
-                accm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(a->d * w.dmin),
-                                          accm[i]);
-            acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(a->d * w.d), acc[i]);
+            /* the block's dot / dx: d * sum - dmin * mn */
+            __m256 t = fold ? _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, mn)), d)
+                            : _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mn), dmin,
+                                               _mm256_mul_ps(_mm256_cvtepi32_ps(sum), d));
+            acc[i] = _mm256_fmadd_ps(t, _mm256_set1_ps(a->d), acc[i]);
         }
     }
-    for (int i = 0; i < M; i++) out[i * ldo] = hsum(acc[i]) - (fold ? 0.0f : hsum(accm[i]));
+    for (int i = 0; i < M; i++) out[i * ldo] = hsum(acc[i]);
 }
 
 /* -- the exact path -------------------------------------------------------------

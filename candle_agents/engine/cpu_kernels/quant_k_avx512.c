@@ -1,18 +1,16 @@
-/* K-quant dot products for AVX-512 (F, BW, VL; VNNI where the target has it).
+/* K-quant exact dot products and row dequantization for AVX-512 (F, BW, VL).
+ * The fast (integer) path is quant_k_avx2.c's on every x86 vector build:
+ * measured here, its 256-bit form is as fast as or faster than a 512-bit one.
  *
  * Every type unpacks a block into a common form (kb): 256 unsigned bytes in
  * value order (u, 0..63; value = u - off), 16 int16 scales per 16 values and
- * 16 int16 min terms, d and dmin. Per activation row the fast path then
- * needs pmaddubsw (u8 x s8 pairs, no saturation at these ranges) and
- * vpdpwssd (or pmaddwd + add) with the scales; the min terms come from the
- * activations' 16-value sums (bsums). One unpack serves up to QDOT_MAX_ROWS
- * rows.
- *
- * The exact path multiplies float32 weights made in registers by the float
- * operations of the reference dequantization, so each weight is bit-equal to
- * gguf.quants.dequantize; only the summation order differs. Q4_K turns its
- * nibbles into floats through a 16-entry table per sub-block (vpermps), the
- * others through int8 -> int32 -> float. */
+ * 16 int16 mins, d and dmin. Weights are made in registers by the float
+ * operations of the reference dequantization, so each is bit-equal to
+ * gguf.quants.dequantize (dequant_row stores them; the dots differ from a
+ * float32 matmul on the dequantized weights only in summation order). Q4_K
+ * turns its nibbles into floats through a 16-entry table per sub-block
+ * (vpermps), the others through int8 -> int32 -> float. One unpack serves up
+ * to QDOT_MAX_ROWS activation rows. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
@@ -27,17 +25,6 @@ typedef struct {
     float d, dmin;
 } kb;
 
-/* Int16 lanes of the pmaddubsw result of part c (lane i = values 64c + 2i, +1)
- * take the scale of 16-value group 4c + i / 8. */
-static const int16_t SC_IDX[4][32] __attribute__((aligned(64))) = {
-#define G(c) {4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c, 4 * c,                         \
-               4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1, 4 * c + 1,    \
-               4 * c + 1, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2, 4 * c + 2,    \
-               4 * c + 2, 4 * c + 2, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3, 4 * c + 3,    \
-               4 * c + 3, 4 * c + 3, 4 * c + 3}
-    G(0), G(1), G(2), G(3)
-#undef G
-};
 /* Lanes 0..7 of a vector as 0,0,1,1,..,7,7 and lanes 8..15 likewise. */
 static const int16_t DUP_LO[16] __attribute__((aligned(32))) = {0, 0, 1, 1, 2, 2, 3, 3,
                                                                  4, 4, 5, 5, 6, 6, 7, 7};
@@ -59,11 +46,6 @@ AI void k4_common(const uint8_t *b, kb *o) {
     o->sc = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_LO), v);
     o->mn = _mm256_permutexvar_epi16(_mm256_load_si256((const __m256i *)DUP_HI), v);
     o->d = qk_f16(b), o->dmin = qk_f16(b + 2);
-}
-
-AI void unpack_q4k(const uint8_t *b, kb *o) {
-    for (int c = 0; c < 4; c++) o->u[c] = nibbles(b + 16 + 32 * c);
-    k4_common(b, o);
 }
 
 /* Bytes whose bit (c even: 2c in the lower half, 2c + 1 in the upper) is
@@ -138,62 +120,10 @@ AI void unpack_q6k(const uint8_t *b, kb *o) {
     o->d = qk_f16(b + 208), o->dmin = 0.0f;
 }
 
-/* -- the fast path ------------------------------------------------------------ */
-
-#if defined(__AVX512VNNI__)
-#define DPWSSD(acc, a, b) _mm512_dpwssd_epi32(acc, a, b)
-#else
-#define DPWSSD(acc, a, b) _mm512_add_epi32(acc, _mm512_madd_epi16(a, b))
-#endif
-
 typedef void (*unpack_fn)(const uint8_t *, kb *);
-
-AI float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
-}
 
 AI float reduce4(const __m512 a[4]) {
     return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
-}
-
-/* fold: the type has no dmin and mn = off * scale, so the min term joins the
- * integer sum; otherwise it is scaled by dmin on its own. */
-AI void fast_rows(const uint8_t *row, int64_t nblocks, const void *xq, int64_t xq_stride,
-                  const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
-                  const int fold) {
-    __m512 acc[QDOT_MAX_ROWS];
-    __m256 accm[QDOT_MAX_ROWS];
-    for (int i = 0; i < M; i++) acc[i] = _mm512_setzero_ps(), accm[i] = _mm256_setzero_ps();
-    __m512i idx[4];
-    for (int c = 0; c < 4; c++) idx[c] = _mm512_load_si512(SC_IDX[c]);
-    for (int64_t blk = 0; blk < nblocks; blk++) {
-        kb w;
-        unpack(row + blk * bytes, &w);
-        __m512i s[4];
-        for (int c = 0; c < 4; c++)
-            s[c] = _mm512_permutexvar_epi16(idx[c], _mm512_castsi256_si512(w.sc));
-        for (int i = 0; i < M; i++) {
-            const act_q8_256 *a = (const act_q8_256 *)((const char *)xq + i * xq_stride) + blk;
-            /* Two chains: at one row the dependency through the sum sets the pace. */
-            __m512i sum2[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()};
-            for (int c = 0; c < 4; c++) {
-                __m512i p = _mm512_maddubs_epi16(w.u[c], _mm512_loadu_si512(a->qs + 64 * c));
-                sum2[c & 1] = DPWSSD(sum2[c & 1], p, s[c]);
-            }
-            __m512i sum = _mm512_add_epi32(sum2[0], sum2[1]);
-            __m256i mn = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)a->bsums), w.mn);
-            if (fold)
-                sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(mn));
-            else
-                accm[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mn), _mm256_set1_ps(a->d * w.dmin),
-                                          accm[i]);
-            acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(a->d * w.d), acc[i]);
-        }
-    }
-    for (int i = 0; i < M; i++)
-        out[i * ldo] = _mm512_reduce_add_ps(acc[i]) - (fold ? 0.0f : hsum256(accm[i]));
 }
 
 /* -- the exact path -------------------------------------------------------------
@@ -335,20 +265,10 @@ static void dequant_q4k_row(const uint8_t *row, int64_t nblocks, float *out) {
     default: body(4); break;         \
     }
 
-#define DEFINE(t)                                                                          \
-    void qk512_##t##_fast(QK_DOT_FAST_ARGS) {                                              \
-        _Static_assert(QDOT_MAX_ROWS == 4, "BY_ROWS covers 1..4 rows");                    \
-        BY_ROWS(FAST_##t)                                                                   \
-    }                                                                                       \
+#define DEFINE(t) \
     void qk512_##t##_exact(QK_DOT_EXACT_ARGS) { BY_ROWS(EXACT_##t) }
 
-#define FAST_ARGS row, nblocks, xq, xq_stride
 #define EXACT_ARGS row, nblocks, x, ldx
-#define FAST_q2k(M) fast_rows(FAST_ARGS, M, out, ldo, Q2K_BYTES, unpack_q2k, 0)
-#define FAST_q3k(M) fast_rows(FAST_ARGS, M, out, ldo, Q3K_BYTES, unpack_q3k, 1)
-#define FAST_q4k(M) fast_rows(FAST_ARGS, M, out, ldo, Q4K_BYTES, unpack_q4k, 0)
-#define FAST_q5k(M) fast_rows(FAST_ARGS, M, out, ldo, Q5K_BYTES, unpack_q5k, 0)
-#define FAST_q6k(M) fast_rows(FAST_ARGS, M, out, ldo, Q6K_BYTES, unpack_q6k, 1)
 #define EXACT_q2k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q2K_BYTES, unpack_q2k, 0, 1)
 #define EXACT_q3k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q3K_BYTES, unpack_q3k, 4, 0)
 #define EXACT_q4k(M) exact_q4k_rows(EXACT_ARGS, M, out, ldo)
