@@ -249,7 +249,7 @@ def reduced_check() -> None:
     print("reduced check passed")
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2", "generic"])
 def test_other_isa_paths(isa):
     if platform_machine() != "x86_64":
         pytest.skip("ISA levels are x86 only")

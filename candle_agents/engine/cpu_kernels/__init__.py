@@ -44,6 +44,7 @@ _FLAG_SETS = (
 _ISA_FLAGS = {
     "avx512": "-march=x86-64-v4",  # AVX-512 without VNNI
     "avx2": "-march=x86-64-v3",  # AVX2 + FMA
+    "avxvnni": "-march=x86-64-v3 -mavxvnni",  # AVX2 with VNNI (Alder Lake and later clients)
     "generic": "-march=x86-64",  # SSE2 only: the portable C paths
 }
 
@@ -54,7 +55,8 @@ def _flag_sets() -> list[list[str]]:
         return [list(f) for f in _FLAG_SETS]
     if isa not in _ISA_FLAGS:
         raise ValueError(f"CANDLE_AGENTS_CPU_ISA={isa!r}: use native, {', '.join(_ISA_FLAGS)}")
-    return [["-O3", _ISA_FLAGS[isa], "-fopenmp"], ["-O3", _ISA_FLAGS[isa]]]
+    flags = _ISA_FLAGS[isa].split()
+    return [["-O3", *flags, "-fopenmp"], ["-O3", *flags]]
 
 
 _lock = threading.Lock()
@@ -384,15 +386,23 @@ def quant_supported(qtype: int, fast: bool = False) -> bool:
     return available() and bool(_lib.quant_supported(int(qtype), int(fast)))
 
 
-def _row_bytes(qtype: int, k: int, who: str) -> int:
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+_QUANT_BLOCKS: dict[int, tuple[int, int]] = {}  # qtype -> (values, bytes) per block
 
-    try:
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(int(qtype))]
-    except ValueError:
-        raise ValueError(f"{who}: unknown GGUF type {qtype}") from None
-    if not _require().quant_supported(int(qtype), 0):
-        raise ValueError(f"{who}: GGUF type {GGMLQuantizationType(int(qtype)).name} has no kernel")
+
+def _row_bytes(qtype: int, k: int, who: str) -> int:
+    # Cached: this runs on every call, hundreds of times a token.
+    info = _QUANT_BLOCKS.get(qtype)
+    if info is None:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        try:
+            name = GGMLQuantizationType(int(qtype)).name
+        except ValueError:
+            raise ValueError(f"{who}: unknown GGUF type {qtype}") from None
+        if not _require().quant_supported(int(qtype), 0):
+            raise ValueError(f"{who}: GGUF type {name} has no kernel")
+        info = _QUANT_BLOCKS[int(qtype)] = GGML_QUANT_SIZES[GGMLQuantizationType(int(qtype))]
+    block, size = info
     if k <= 0 or k % block:
         raise ValueError(f"{who}: K={k} is not a positive multiple of the block size {block}")
     return k // block * size

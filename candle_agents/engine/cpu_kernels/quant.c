@@ -18,6 +18,9 @@
 #include <string.h>
 
 #include "panel_gemm.h"
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include "pool.h"
 #include "quant.h"
 
@@ -28,6 +31,8 @@
 #define MIN_TASK_ROWS 16
 /* Tasks per thread: uneven cores (other work on the machine) balance out. */
 #define TASKS_PER_THREAD 4
+/* Fast path: from this many x rows on, groups of 8 rows go to dot_fast_x8. */
+#define X8_MIN_M 8
 /* Activation buffers up to this size live on the stack: no malloc per call. */
 #define STACK_ACT_BYTES 16384
 
@@ -42,17 +47,108 @@ int quant_supported(int qtype, int fast) {
 }
 
 /* ---- activation quantizers -------------------------------------------------
- * d = max|x| / 127, qs = x * (1 / d) rounded to nearest even, 0 where d == 0. */
+ * d = max|x| / 127, qs = x * (1 / d) rounded to nearest even (the vector
+ * conversions' default rounding), 0 where d == 0: every ISA gives the same bytes. */
 
-static inline float block_scale(const float *x, int n, float *inv) {
+static inline float scale_of(float amax, float *inv) {
+    float d = amax / 127.0f;
+    *inv = d != 0.0f ? 1.0f / d : 0.0f;
+    return d;
+}
+
+#if defined(__AVX512F__)
+static inline float amax512(const float *x, int n) {
+    __m512 m = _mm512_setzero_ps();
+    for (int j = 0; j < n; j += 16) m = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + j)), m);
+    return _mm512_reduce_max_ps(m);
+}
+
+/* 16 values to int8 at qs; returns their sum. */
+static inline int quant16(const float *x, __m512 inv, int8_t *qs) {
+    __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x), inv));
+    _mm_storeu_si128((__m128i *)qs, _mm512_cvtepi32_epi8(q));
+    return _mm512_reduce_add_epi32(q);
+}
+
+void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out) {
+    for (int64_t b = 0; b < k / 32; b++, x += 32, out++) {
+        float inv, d = scale_of(amax512(x, 32), &inv);
+        __m512 vi = _mm512_set1_ps(inv);
+        int sum = quant16(x, vi, out->qs) + quant16(x + 16, vi, out->qs + 16);
+        out->d = d;
+        out->s = d * (float)sum;
+    }
+}
+
+void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
+    for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
+        float inv, d = scale_of(amax512(x, 256), &inv);
+        __m512 vi = _mm512_set1_ps(inv);
+        for (int g = 0; g < 16; g++) out->bsums[g] = (int16_t)quant16(x + 16 * g, vi, out->qs + 16 * g);
+        out->d = d;
+    }
+}
+
+#elif defined(__AVX2__)
+static inline float amax256(const float *x, int n) {
+    const __m256 abs = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
+    __m256 m = _mm256_setzero_ps();
+    for (int j = 0; j < n; j += 8) m = _mm256_max_ps(_mm256_and_ps(_mm256_loadu_ps(x + j), abs), m);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+}
+
+static inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    return _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1)));
+}
+
+/* 32 values to int8 at qs; sums of the first and the second 16. */
+static inline void quant32(const float *x, __m256 inv, int8_t *qs, int *s0, int *s1) {
+    __m256i q[4];
+    for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
+    /* packs interleave 128-bit lanes; the final permute restores value order */
+    __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
+    p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)qs, p);
+    *s0 = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+    *s1 = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+}
+
+void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out) {
+    for (int64_t b = 0; b < k / 32; b++, x += 32, out++) {
+        float inv, d = scale_of(amax256(x, 32), &inv);
+        int s0, s1;
+        quant32(x, _mm256_set1_ps(inv), out->qs, &s0, &s1);
+        out->d = d;
+        out->s = d * (float)(s0 + s1);
+    }
+}
+
+void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
+    for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
+        float inv, d = scale_of(amax256(x, 256), &inv);
+        __m256 vi = _mm256_set1_ps(inv);
+        for (int g = 0; g < 8; g++) {
+            int s0, s1;
+            quant32(x + 32 * g, vi, out->qs + 32 * g, &s0, &s1);
+            out->bsums[2 * g] = (int16_t)s0;
+            out->bsums[2 * g + 1] = (int16_t)s1;
+        }
+        out->d = d;
+    }
+}
+
+#else
+static inline float amax_c(const float *x, int n) {
     float amax = 0.0f;
     for (int j = 0; j < n; j++) {
         float a = x[j] < 0 ? -x[j] : x[j];
         amax = a > amax ? a : amax;
     }
-    float d = amax / 127.0f;
-    *inv = d != 0.0f ? 1.0f / d : 0.0f;
-    return d;
+    return amax;
 }
 
 static inline int round_even(float v) {
@@ -63,7 +159,7 @@ static inline int round_even(float v) {
 
 void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out) {
     for (int64_t b = 0; b < k / 32; b++, x += 32, out++) {
-        float inv, d = block_scale(x, 32, &inv);
+        float inv, d = scale_of(amax_c(x, 32), &inv);
         int sum = 0;
         for (int j = 0; j < 32; j++) {
             int q = round_even(x[j] * inv);
@@ -77,7 +173,7 @@ void quantize_act_q8_32(const float *x, int64_t k, act_q8_32 *out) {
 
 void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
     for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
-        float inv, d = block_scale(x, 256, &inv);
+        float inv, d = scale_of(amax_c(x, 256), &inv);
         for (int g = 0; g < 16; g++) {
             int sum = 0;
             for (int j = 16 * g; j < 16 * g + 16; j++) {
@@ -90,6 +186,7 @@ void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
         out->d = d;
     }
 }
+#endif
 
 /* ---- tasks ----------------------------------------------------------------- */
 
@@ -104,6 +201,8 @@ typedef struct {
     int64_t ldo;
     const void *xq; /* fast path: quantized x rows, xq_stride bytes apart */
     int64_t xq_stride;
+    void *xg; /* and the first 8 * groups of them in groups of 8 (dot_fast_x8) */
+    int64_t xg_stride, groups;
     int64_t chunk; /* output rows per task */
 } gemm_ctx;
 
@@ -148,13 +247,38 @@ static void task_dot_exact(void *arg, int64_t t) {
 static void task_dot_fast(void *arg, int64_t t) {
     const gemm_ctx *c = arg;
     int64_t n1 = (t + 1) * c->chunk < c->N ? (t + 1) * c->chunk : c->N;
-    for (int64_t n = t * c->chunk; n < n1; n++) {
-        const uint8_t *row = c->w + n * c->row_bytes;
-        for (int64_t m0 = 0; m0 < c->M; m0 += QDOT_MAX_ROWS) {
-            int mr = c->M - m0 < QDOT_MAX_ROWS ? (int)(c->M - m0) : QDOT_MAX_ROWS;
-            c->ops->dot_fast(row, c->nb, (const char *)c->xq + m0 * c->xq_stride, c->xq_stride,
-                             mr, c->out + m0 * c->ldo + n, c->ldo);
-            add_bias(c, n, m0, mr);
+    int64_t m_x8 = 8 * c->groups; /* rows that go in groups of 8 */
+    for (int64_t n0 = t * c->chunk; n0 < n1; n0 += QX8_MAX_ROWS) {
+        int nr = n1 - n0 < QX8_MAX_ROWS ? (int)(n1 - n0) : QX8_MAX_ROWS;
+        for (int64_t g0 = 0; g0 < c->groups; g0 += QX8_MAX_GROUPS) {
+            int ng = c->groups - g0 < QX8_MAX_GROUPS ? (int)(c->groups - g0) : QX8_MAX_GROUPS;
+            c->ops->dot_fast_x8(c->w + n0 * c->row_bytes, c->row_bytes, nr, c->nb,
+                                (const char *)c->xg + g0 * c->xg_stride, c->xg_stride, ng,
+                                c->out + 8 * g0 * c->ldo + n0, c->ldo);
+        }
+        for (int64_t n = n0; n < n0 + nr; n++) {
+            const uint8_t *row = c->w + n * c->row_bytes;
+            for (int64_t m0 = m_x8; m0 < c->M; m0 += QDOT_MAX_ROWS) {
+                int mr = c->M - m0 < QDOT_MAX_ROWS ? (int)(c->M - m0) : QDOT_MAX_ROWS;
+                c->ops->dot_fast(row, c->nb, (const char *)c->xq + m0 * c->xq_stride,
+                                 c->xq_stride, mr, c->out + m0 * c->ldo + n, c->ldo);
+            }
+            add_bias(c, n, 0, (int)c->M);
+        }
+    }
+}
+
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8). */
+static void interleave_task(void *arg, int64_t g) {
+    const gemm_ctx *c = arg;
+    int64_t nb = c->K / 32;
+    act_q8_32x8 *dst = (act_q8_32x8 *)((char *)c->xg + g * c->xg_stride);
+    for (int r = 0; r < 8; r++) {
+        const act_q8_32 *src = (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+        for (int64_t b = 0; b < nb; b++) {
+            dst[b].d[r] = src[b].d;
+            dst[b].s[r] = src[b].s;
+            for (int j = 0; j < 8; j++) memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
         }
     }
 }
@@ -173,6 +297,35 @@ static inline void dequant_run(const qtype_ops *o, const uint8_t *src, int64_t n
 /* Values per dequantize-and-transpose step: rows of tmp[32][PANEL_STEP]. */
 #define PANEL_STEP 256
 
+/* dst[j * ldd + i] = src[i * lds + j] for a 16 x 16 tile, in registers:
+ * pairs of rows interleaved, then 4 x 4 blocks, then 128-bit lanes. */
+static inline void transpose16(const float *src, int64_t lds, float *dst, int64_t ldd) {
+    __m512 r[16], t[16];
+    for (int i = 0; i < 16; i++) r[i] = _mm512_loadu_ps(src + i * lds);
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    /* r[4i + c], 128-bit lane L: rows 4i .. 4i + 3 of column 4L + c */
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    /* column 4L + c takes lane L of r[c], r[4 + c], r[8 + c], r[12 + c] */
+    for (int c = 0; c < 4; c++) {
+        __m512 v0 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x44);
+        __m512 v1 = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xEE);
+        __m512 v2 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x44);
+        __m512 v3 = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xEE);
+        _mm512_storeu_ps(dst + c * ldd, _mm512_shuffle_f32x4(v0, v2, 0x88));
+        _mm512_storeu_ps(dst + (4 + c) * ldd, _mm512_shuffle_f32x4(v0, v2, 0xDD));
+        _mm512_storeu_ps(dst + (8 + c) * ldd, _mm512_shuffle_f32x4(v1, v3, 0x88));
+        _mm512_storeu_ps(dst + (12 + c) * ldd, _mm512_shuffle_f32x4(v1, v3, 0xDD));
+    }
+}
+
 /* panel[k][r] = W[r][k] for the `rows` (<= 32) rows at w; zero beyond them. */
 static void dequant_panel(const gemm_ctx *c, const uint8_t *w, int rows, float *panel,
                           float *tmp) {
@@ -188,7 +341,11 @@ static void dequant_panel(const gemm_ctx *c, const uint8_t *w, int rows, float *
             else
                 memset(dst, 0, sizeof(float) * kc);
         }
-        for (int j = 0; j < kc; j++)
+        int full = kc & ~15;
+        for (int r0 = 0; r0 < 32; r0 += 16)
+            for (int j0 = 0; j0 < full; j0 += 16)
+                transpose16(tmp + r0 * step + j0, step, panel + (k0 + j0) * 32 + r0, 32);
+        for (int j = full; j < kc; j++)
             for (int r = 0; r < 32; r++) panel[(k0 + j) * 32 + r] = tmp[r * step + j];
     }
 }
@@ -266,8 +423,19 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
         if (!buf) return -1;
         c.xq = buf;
         run_tasks(quantize_rows_task, &c, M, M * K >= 65536 ? threads : 1);
-        int64_t ntasks = split(N, threads, 4, MIN_TASK_ROWS, &c.chunk);
+        void *xg = 0;
+        if (o->dot_fast_x8 && M >= X8_MIN_M) {
+            c.xg_stride = (int64_t)(K / 32 * sizeof(act_q8_32x8));
+            xg = malloc((size_t)(M / 8 * c.xg_stride));
+            if (xg) {
+                c.xg = xg;
+                c.groups = M / 8;
+                run_tasks(interleave_task, &c, c.groups, M * K >= 65536 ? threads : 1);
+            }
+        }
+        int64_t ntasks = split(N, threads, QX8_MAX_ROWS, MIN_TASK_ROWS, &c.chunk);
         run_tasks(task_dot_fast, &c, ntasks, threads);
+        free(xg);
         if (buf != stack_buf) free(buf);
         return 0;
     }

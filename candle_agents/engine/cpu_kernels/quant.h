@@ -21,6 +21,10 @@ enum {
 typedef struct { float d; float s; int8_t qs[32]; } act_q8_32;
 typedef struct { float d; int16_t bsums[16]; int8_t qs[256]; } act_q8_256;
 enum { ACT_NONE = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
+/* Eight ACT_Q8_32 rows interleaved, for dot_fast_x8: one block of rows
+ * 8 g .. 8 g + 7 holds their d and s, and in qs[32 j + 4 r + i] byte 4 j + i
+ * of row r, so a 256-bit multiply-add takes 4 values of 8 rows at once. */
+typedef struct { float d[8]; float s[8]; int8_t qs[256]; } act_q8_32x8;
 
 /* The most activation rows one dot call takes (the driver tiles M by this). */
 #define QDOT_MAX_ROWS 4
@@ -47,7 +51,18 @@ typedef struct {
      * blocks to floats, bit for bit as dequant_block. The float types have
      * blocks of one value, so a call per block would dominate. */
     void (*dequant_row)(const uint8_t *row, int64_t nblocks, float *out);
+    /* Optional fast path for many x rows (act ACT_Q8_32 only): the dots of
+     * weight rows w + j * row_bytes (j < nrows <= QX8_MAX_ROWS) with groups
+     * of 8 x rows as act_q8_32x8 (nblocks structs a group, groups xg_stride
+     * bytes apart, ngroups <= QX8_MAX_GROUPS): out[(8 g + i) * ldo + j].
+     * Each weight byte is unpacked once per call and each x block loaded
+     * once per weight row, where dot_fast repeats both per 4 x rows. */
+    void (*dot_fast_x8)(const uint8_t *w, int64_t row_bytes, int nrows, int64_t nblocks,
+                        const void *xg, int64_t xg_stride, int ngroups, float *out, int64_t ldo);
 } qtype_ops;
+
+#define QX8_MAX_ROWS 8
+#define QX8_MAX_GROUPS 8
 
 /* The ops of `type`, or NULL. Each file defines its lookup; quant.c asks both. */
 const qtype_ops *quant_legacy_ops(int type);
