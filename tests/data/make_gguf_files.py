@@ -10,6 +10,7 @@ tests/data/gguf/README.md with the tensor types each file holds.
 
 llama.cpp comes from /work/shared/tools/llamacpp.sh (the llama.cpp vendored by
 llama-cpp-python 0.3.36), or set LLAMACPP_BIN to a folder holding llama-quantize.
+The converter needs `pip install sentencepiece` (it imports it even for BPE vocabularies).
 The output is deterministic for a given llama.cpp, torch and tokenizers version.
 """
 
