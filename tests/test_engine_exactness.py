@@ -23,10 +23,15 @@ def make_prompts(n: int, vocab: int, seed: int = 0, lengths=None) -> list[list[i
 
 
 class Reference:
-    """transformers' greedy continuation of each prompt, run alone, memoised."""
+    """transformers' greedy continuation of each prompt, run alone, memoised.
 
-    def __init__(self, path) -> None:
-        self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    ``load_kwargs`` go to ``from_pretrained`` (``gguf_file=name`` to load a GGUF file).
+    """
+
+    def __init__(self, path, **load_kwargs) -> None:
+        self.model = transformers.AutoModelForCausalLM.from_pretrained(
+            path, dtype=torch.float32, **load_kwargs
+        )
         self.cache: dict[tuple[int, ...], list[int]] = {}
 
     def __call__(self, prompt: list[int], max_new: int = MAX_NEW) -> list[int]:

@@ -38,8 +38,14 @@ def build_tokenizer(vocab_size: int = 384):
     return tok
 
 
-def build_tiny_model(arch: str, root: Path, seed: int = 0) -> Path:
-    """Save a 2-layer random model of ``arch`` with a trained BPE tokenizer to ``root``."""
+def build_tiny_model(
+    arch: str, root: Path, seed: int = 0, name: str | None = None, **overrides
+) -> Path:
+    """Save a random model of ``arch`` with a trained BPE tokenizer to ``root / (name or arch)``.
+
+    By default 2 layers, hidden 64; ``overrides`` replace or add config fields (for
+    example ``hidden_size=256, intermediate_size=512`` for K-quant-sized rows).
+    """
     import json
 
     import transformers
@@ -47,7 +53,7 @@ def build_tiny_model(arch: str, root: Path, seed: int = 0) -> Path:
     tok = build_tokenizer()
     vocab = tok.get_vocab_size()
     cls_name, extra = ARCHS[arch]
-    config = getattr(transformers, cls_name)(
+    fields = dict(
         vocab_size=vocab,
         hidden_size=64,
         intermediate_size=128,
@@ -62,6 +68,8 @@ def build_tiny_model(arch: str, root: Path, seed: int = 0) -> Path:
         pad_token_id=0,
         **extra,
     )
+    fields.update(overrides)
+    config = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
@@ -70,7 +78,7 @@ def build_tiny_model(arch: str, root: Path, seed: int = 0) -> Path:
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0.0, 0.25)
-    path = root / arch
+    path = root / (name or arch)
     model.save_pretrained(path, safe_serialization=True)
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(
