@@ -98,6 +98,13 @@ def test_greedy_matches_transformers(stem: str) -> None:
     path = DATA / f"{stem}.gguf"
     ref = Reference(DATA, gguf_file=path.name)
     with engine_for(path) as engine:
+        # The engine runs the file's own block types (exact kernels), holding no
+        # more than the file's tensor bytes.
+        held = {
+            w.type_name for m in engine.runner.model.modules() for _, w in getattr(m, "parts", [])
+        }
+        assert held == {t.tensor_type.name for t in GGUFReader(path).tensors} - {"F32"}
+        assert engine.runner.weight_bytes <= 1.05 * sum(t.n_bytes for t in GGUFReader(path).tensors)
         prompts = [engine.tokenize(t, add_special_tokens=False) for t in PROMPT_TEXTS]
         assert [len(p) for p in prompts] == [31, 18, 36]
         check(engine, ref, prompts, engine.generate(prompts, GREEDY))

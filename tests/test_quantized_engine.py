@@ -140,3 +140,31 @@ def test_bad_quantize_options_are_named(tiny_model_dir):
         Engine.from_pretrained(quantize="q8_0")  # the default model is a GGUF
     with pytest.raises(ConfigError, match="quantized_matmul"):
         Engine.from_pretrained(quantized_matmul="fast")
+
+
+@pytest.mark.parametrize("kv_dtype", ["float16", "bfloat16"])
+def test_16_bit_kv_cache(tiny_model_dir, kv_dtype):
+    # The C kernel and the torch reference read the same rounded K/V and sum in
+    # float32: the same greedy tokens, through chunked prefill (which reads the
+    # rounded history back) and decoding. How far rounding moves the outputs from
+    # a float32 cache is measured on the default model (benchmarks/quant_paths.py).
+    path = tiny_model_dir("llama")
+    options = dict(max_num_batched_tokens=48, prefill_chunk_size=16)
+    engines = {
+        "full": engine_for(path, attention_backend="cpu", **options),
+        "cpu": engine_for(path, attention_backend="cpu", kv_cache_dtype=kv_dtype, **options),
+        "torch": engine_for(path, attention_backend="torch", kv_cache_dtype=kv_dtype, **options),
+    }
+    try:
+        assert str(engines["cpu"].runner.kv_buffer.dtype) == f"torch.{kv_dtype}"
+        assert engines["cpu"].num_blocks == 2 * engines["full"].num_blocks  # same bytes
+        prompts = make_prompts(8, engines["full"].runner.model.vocab_size, seed=10)
+        out = {
+            k: [r.token_ids for r in engines[k].generate(prompts, GREEDY)] for k in ("cpu", "torch")
+        }
+        assert out["cpu"] == out["torch"]
+        for engine in engines.values():
+            assert_all_blocks_free(engine)
+    finally:
+        for engine in engines.values():
+            engine.shutdown()

@@ -16,32 +16,17 @@ Matmuls run in the C kernels (``cpu_kernels.quant_gemm``):
 from __future__ import annotations
 
 import torch
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from torch import nn
 
 from candle_agents.engine import cpu_kernels
+from candle_agents.engine.quant.quantize import quantize_matrix
 from candle_agents.engine.quant.tensor import QuantTensor
 
 __all__ = ["PREFILL_MIN_ROWS", "QuantEmbedding", "QuantLinear"]
 
-Q = GGMLQuantizationType
-
 PREFILL_MIN_ROWS = 64
 # Weight slab of the prefill path: big enough for a fast GEMM, small enough for L2.
 _SLAB_BYTES = 1 << 20
-
-
-def _to_blocks(weight: torch.Tensor, qtype: int | None) -> QuantTensor:
-    """A float matrix as ``qtype`` blocks; rows too short for the type's blocks fall
-    back to Q8_0 (as llama.cpp's quantizer does for K-quants), then to float32."""
-    rows, cols = weight.shape
-    if qtype is not None and cols % GGML_QUANT_SIZES[Q(qtype)][0] == 0:
-        from candle_agents.engine.quant.quantize import quantize
-
-        return QuantTensor(quantize(weight, qtype), int(qtype), (rows, cols))
-    if qtype is not None and qtype != Q.Q8_0 and cols % 32 == 0:
-        return _to_blocks(weight, Q.Q8_0)
-    return QuantTensor(weight.view(torch.uint8).reshape(rows, -1), int(Q.F32), (rows, cols))
 
 
 class _BlockWeights(nn.Module):
@@ -57,7 +42,7 @@ class _BlockWeights(nn.Module):
         """Rows ``start..`` of the weight: blocks as they are, or a float matrix that is
         quantized to ``quantize_to`` (or kept as float32 blocks where that is None)."""
         if not isinstance(weight, QuantTensor):
-            weight = _to_blocks(weight.detach().float().contiguous(), self.quantize_to)
+            weight = quantize_matrix(weight.detach().float().contiguous(), self.quantize_to)
         rows, cols = weight.shape
         if cols != self.cols or start < 0 or start + rows > self.rows:
             raise ValueError(

@@ -12,7 +12,9 @@ import numpy as np
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-__all__ = ["SUPPORTED", "quantize"]
+from candle_agents.engine.quant.tensor import QuantTensor
+
+__all__ = ["SUPPORTED", "quantize", "quantize_matrix"]
 
 Q = GGMLQuantizationType
 SUPPORTED = (Q.Q8_0, Q.Q4_K)
@@ -203,3 +205,19 @@ def _q4_k(x: torch.Tensor) -> torch.Tensor:
     d_bytes = d16.view(torch.uint8).reshape(nb, 2)
     dmin_bytes = dmin16.view(torch.uint8).reshape(nb, 2)
     return torch.cat([d_bytes, dmin_bytes, packed, qs], dim=1)
+
+
+def quantize_matrix(weight: torch.Tensor, qtype: int | None) -> QuantTensor:
+    """A float matrix as ``qtype`` blocks, for a layer quantized at load.
+
+    Rows too short for the type's blocks fall back to Q8_0 (llama.cpp's quantizer
+    falls back too, for K-quants of narrow tensors), then to float32; None keeps
+    float32 (the parts of a quantized layer that a checkpoint stores as floats).
+    """
+    rows, cols = weight.shape
+    if qtype is not None and cols % GGML_QUANT_SIZES[Q(qtype)][0] == 0:
+        return QuantTensor(quantize(weight, qtype), int(qtype), (rows, cols))
+    if qtype is not None and qtype != Q.Q8_0 and cols % 32 == 0:
+        return quantize_matrix(weight, Q.Q8_0)
+    data = weight.float().contiguous().view(torch.uint8).reshape(rows, -1)
+    return QuantTensor(data, int(Q.F32), (rows, cols))
