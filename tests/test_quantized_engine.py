@@ -16,6 +16,7 @@ from checks import assert_all_blocks_free
 from gguf import GGUFReader
 from safetensors.torch import load_file, save_file
 from test_engine_exactness import GREEDY, Reference, check, engine_for, make_prompts
+from tiny_models import build_tiny_model
 
 from candle_agents import Engine
 from candle_agents.engine import cpu_kernels
@@ -168,3 +169,18 @@ def test_16_bit_kv_cache(tiny_model_dir, kv_dtype):
     finally:
         for engine in engines.values():
             engine.shutdown()
+
+
+def test_in_situ_q4_k_on_rows_of_whole_super_blocks(tmp_path):
+    # Hidden 256: Q4_K holds every matrix (none falls back to Q8_0).
+    src = build_tiny_model("llama", tmp_path, name="h256", hidden_size=256, intermediate_size=512)
+    ref = Reference(fake_quantized(src, tmp_path / "fake", QUANTIZE_TYPES["q4_k"]))
+    with engine_for(src, quantize="q4_k", max_num_batched_tokens=96) as engine:
+        types = {
+            w.type_name for m in engine.runner.model.modules() for _, w in getattr(m, "parts", [])
+        }
+        assert types == {"Q4_K"}
+        prompts = make_prompts(
+            6, engine.runner.model.vocab_size, seed=11, lengths=[3, 70, 9, 120, 1, 30]
+        )
+        check(engine, ref, prompts, engine.generate(prompts, GREEDY))
