@@ -122,7 +122,7 @@ def run_all() -> None:
     print("k-quant checks passed")
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2", "generic"])
 def test_other_isa_builds(isa):
     import platform
 
