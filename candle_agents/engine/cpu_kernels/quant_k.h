@@ -81,13 +81,16 @@ static inline void qk_scale_min_k4(const uint8_t *s, uint8_t sc[8], uint8_t mn[8
 static inline __m128i qk_k4_scales(const uint8_t *b) {
     const __m128i v = _mm_loadu_si128((const __m128i *)b);
     /* P: sources of the low parts in each output position; Q: of the top 2 bits */
-    __m128i p = _mm_shuffle_epi8(v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
-    __m128i q = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    __m128i p = _mm_shuffle_epi8(
+        v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m128i q = _mm_shuffle_epi8(
+        v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
     const __m128i lo6 = _mm_setr_epi8(63, 63, 63, 63, 0, 0, 0, 0, 63, 63, 63, 63, 0, 0, 0, 0);
     const __m128i nib_lo = _mm_setr_epi8(0, 0, 0, 0, 15, 15, 15, 15, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m128i nib_hi = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
     /* epi16 shifts: bits that cross into the neighbouring byte are masked off */
-    __m128i nib = _mm_or_si128(_mm_and_si128(p, nib_lo), _mm_and_si128(_mm_srli_epi16(p, 4), nib_hi));
+    __m128i nib =
+        _mm_or_si128(_mm_and_si128(p, nib_lo), _mm_and_si128(_mm_srli_epi16(p, 4), nib_hi));
     __m128i top = _mm_and_si128(_mm_srli_epi16(q, 2), _mm_set1_epi8(0x30));
     return _mm_or_si128(_mm_and_si128(p, lo6), _mm_or_si128(nib, top));
 }

@@ -198,7 +198,8 @@ AI void to_floats(const kb *w, kf *f, const int off, const int has_min) {
 
 /* Weights 8 j .. 8 j + 7 of the block: dl * q (- ml), as the reference. */
 AI __m256 weights8(const kf *f, int j, const int has_min) {
-    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(f->q + 8 * j))));
+    __m128i q = _mm_loadl_epi64((const __m128i *)(f->q + 8 * j));
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
     v = _mm256_mul_ps(v, _mm256_broadcast_ss(f->dl + j / 2));
     return has_min ? _mm256_sub_ps(v, _mm256_broadcast_ss(f->ml + j / 2)) : v;
 }
@@ -238,7 +239,8 @@ AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int 
         kb w;
         unpack(row + blk * bytes, &w);
         to_floats(&w, &f, off, has_min);
-        for (int j = 0; j < 32; j++) _mm256_storeu_ps(out + blk * QK + 8 * j, weights8(&f, j, has_min));
+        for (int j = 0; j < 32; j++)
+            _mm256_storeu_ps(out + blk * QK + 8 * j, weights8(&f, j, has_min));
     }
 }
 
@@ -278,9 +280,19 @@ DEFINE(q4k)
 DEFINE(q5k)
 DEFINE(q6k)
 
-void qk256_q2k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1); }
-void qk256_q3k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0); }
-void qk256_q4k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q4K_BYTES, unpack_q4k, 0, 1); }
-void qk256_q5k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1); }
-void qk256_q6k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0); }
+void qk256_q2k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1);
+}
+void qk256_q3k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0);
+}
+void qk256_q4k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q4K_BYTES, unpack_q4k, 0, 1);
+}
+void qk256_q5k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1);
+}
+void qk256_q6k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0);
+}
 #endif
