@@ -48,7 +48,7 @@ AI void unpack_q4k(const uint8_t *b, kb *o) {
 }
 
 /* Bit c of each byte of h, moved to bit `to` (epi16 shifts: what crosses
- * into the neighbouring byte lands below `to` or above bit 4 and is masked). */
+ * into the neighbouring byte lands below or above bit `to` and is masked). */
 AI __m256i bit_to(__m256i h, int c, int to) {
     __m256i s = c < to ? _mm256_slli_epi16(h, to - c) : _mm256_srli_epi16(h, c - to);
     return _mm256_and_si256(s, _mm256_set1_epi8((char)(1 << to)));
