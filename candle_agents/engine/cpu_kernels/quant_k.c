@@ -180,12 +180,12 @@ FAST_SCALAR(fast_q6k, Q6K_BYTES, ints_q6k)
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
      .dot_exact = qk512_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
-     .dequant_row = qk512_##t##_dequant}
+     .dequant_row = qk512_##t##_dequant, .dot_fast_x8 = qk256_##t##_x8}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
      .dot_exact = qk256_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
-     .dequant_row = qk256_##t##_dequant}
+     .dequant_row = qk256_##t##_dequant, .dot_fast_x8 = qk256_##t##_x8}
 #else /* the driver loops dequant_block where dequant_row is NULL */
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \

@@ -115,11 +115,16 @@ static inline void qk_scales_q3(const uint8_t *s, int8_t sc[16]) {
 
 #define QK_DEQUANT_ARGS const uint8_t *row, int64_t nblocks, float *out
 
+#define QK_X8_ARGS                                                                   \
+    const uint8_t *w, int64_t row_bytes, int nrows, int64_t nblocks, const void *xg, \
+        int64_t xg_stride, int ngroups, float *out, int64_t ldo
+
 #define QK_DECLARE(name)                  \
     void name##_exact(QK_DOT_EXACT_ARGS); \
     void name##_fast(QK_DOT_FAST_ARGS);   \
-    void name##_dequant(QK_DEQUANT_ARGS);
-/* qk512_*_fast are not defined: AVX-512 builds take qk256_*_fast. */
+    void name##_dequant(QK_DEQUANT_ARGS); \
+    void name##_x8(QK_X8_ARGS);
+/* qk512_*_fast and _x8 are not defined: AVX-512 builds take qk256_*'s. */
 QK_DECLARE(qk512_q2k)
 QK_DECLARE(qk512_q3k)
 QK_DECLARE(qk512_q4k)
