@@ -8,7 +8,8 @@
   rounding: the NMSE bound of the generic suite would hide a wrong min or offset
   term of small weight;
 - the largest products (all quant bits set, activations at +-127), where 16-bit
-  intermediate sums would overflow if the kernels kept any.
+  intermediate sums would overflow if the kernels kept any;
+both through the per-row (dot_fast) and the 8-row interleaved (dot_fast_x8) paths.
 Each ISA build runs the same checks in its own process.
 """
 
@@ -75,7 +76,8 @@ def check_dequant_edges() -> None:
 def check_fast_against_same_activations() -> None:
     rng = np.random.default_rng(2)
     for qtype in K_TYPES:
-        for m, k in ((1, 256), (3, 768), (6, 1280)):
+        # 8 rows and more also take the interleaved 8-row path (dot_fast_x8)
+        for m, k in ((1, 256), (3, 768), (6, 1280), (8, 512), (19, 2304)):
             data = blocks(qtype, 21, k, seed=m)
             w = gguf_dequantize(data, qtype).reshape(21, k).astype(np.float64)
             x = rng.standard_normal((m, k)).astype(np.float32)
@@ -91,8 +93,8 @@ def check_largest_products() -> None:
     for qtype in K_TYPES:
         data = blocks(qtype, 4, 512, seed=3, fill=0xFF)  # every quant at its largest
         w = gguf_dequantize(data, qtype).reshape(4, 512).astype(np.float64)
-        x = np.full((2, 512), 3.0, np.float32)
-        x[1, ::2] = -3.0  # 127 and -127 alternating
+        x = np.full((10, 512), 3.0, np.float32)
+        x[1::2, ::2] = -3.0  # 127 and -127 alternating
         xt = torch.from_numpy(x)
         for fast in (False, True):
             got = cpu_kernels.quant_gemm(xt, torch.from_numpy(data), qtype, fast=fast).numpy()
@@ -122,7 +124,7 @@ def run_all() -> None:
     print("k-quant checks passed")
 
 
-@pytest.mark.parametrize("isa", ["avx512", "avx2", "generic"])
+@pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2", "generic"])
 def test_other_isa_builds(isa):
     import platform
 

@@ -268,9 +268,31 @@ static void task_dot_fast(void *arg, int64_t t) {
     }
 }
 
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_256) interleaved into group g (act_q8_256x8). */
+static void interleave256(const gemm_ctx *c, int64_t g) {
+    int64_t nb = c->K / 256;
+    act_q8_256x8 *dst = (act_q8_256x8 *)((char *)c->xg + g * c->xg_stride);
+    for (int r = 0; r < 8; r++) {
+        const act_q8_256 *src =
+            (const act_q8_256 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+        for (int64_t b = 0; b < nb; b++) {
+            dst[b].d[r] = src[b].d;
+            for (int p = 0; p < 8; p++) {
+                dst[b].bsums[p][r][0] = src[b].bsums[2 * p];
+                dst[b].bsums[p][r][1] = src[b].bsums[2 * p + 1];
+            }
+            for (int j = 0; j < 64; j++) memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+        }
+    }
+}
+
 /* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8). */
 static void interleave_task(void *arg, int64_t g) {
     const gemm_ctx *c = arg;
+    if (c->ops->act == ACT_Q8_256) {
+        interleave256(c, g);
+        return;
+    }
     int64_t nb = c->K / 32;
     act_q8_32x8 *dst = (act_q8_32x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
@@ -425,7 +447,8 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
         run_tasks(quantize_rows_task, &c, M, M * K >= 65536 ? threads : 1);
         void *xg = 0;
         if (o->dot_fast_x8 && M >= X8_MIN_M) {
-            c.xg_stride = (int64_t)(K / 32 * sizeof(act_q8_32x8));
+            c.xg_stride = o->act == ACT_Q8_256 ? (int64_t)(K / 256 * sizeof(act_q8_256x8))
+                                               : (int64_t)(K / 32 * sizeof(act_q8_32x8));
             xg = malloc((size_t)(M / 8 * c.xg_stride));
             if (xg) {
                 c.xg = xg;

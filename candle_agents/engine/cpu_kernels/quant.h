@@ -25,6 +25,12 @@ enum { ACT_NONE = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
  * 8 g .. 8 g + 7 holds their d and s, and in qs[32 j + 4 r + i] byte 4 j + i
  * of row r, so a 256-bit multiply-add takes 4 values of 8 rows at once. */
 typedef struct { float d[8]; float s[8]; int8_t qs[256]; } act_q8_32x8;
+/* Eight ACT_Q8_256 rows interleaved: what dot_fast_x8 of an ACT_Q8_256 type
+ * (the K-quants) takes in place of act_q8_32x8. qs as there (qs[32 j + 4 r +
+ * i] is value 4 j + i of row r); bsums[p][r] holds row r's sums of values
+ * 32 p .. 32 p + 15 and 32 p + 16 .. 32 p + 31 (its bsums 2p and 2p + 1), so
+ * one pmaddwd weights a pair of them for 8 rows. */
+typedef struct { float d[8]; int16_t bsums[8][8][2]; int8_t qs[8 * 256]; } act_q8_256x8;
 
 /* The most activation rows one dot call takes (the driver tiles M by this). */
 #define QDOT_MAX_ROWS 4

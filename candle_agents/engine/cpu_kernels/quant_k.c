@@ -68,7 +68,7 @@ static void dequant_q6k(const uint8_t *b, float *out) {
  * Exact: dequantize the block once, then one dot per activation row. */
 
 #define EXACT_SCALAR(name, bytes, dequant)                                            \
-    static __attribute__((unused)) void name(QK_DOT_EXACT_ARGS) {                                             \
+    static __attribute__((unused)) void name(QK_DOT_EXACT_ARGS) {                     \
         float acc[QDOT_MAX_ROWS] = {0}, w[QK];                                        \
         for (int64_t blk = 0; blk < nblocks; blk++) {                                 \
             dequant(row + blk * (bytes), w);                                          \
@@ -100,7 +100,8 @@ typedef struct {
 } qk_ints;
 
 static void ints_q2k(const uint8_t *b, qk_ints *o) {
-    for (int v = 0; v < QK; v++) o->q[v] = (b[16 + 32 * (v >> 7) + (v & 31)] >> (2 * ((v >> 5) & 3))) & 3;
+    for (int v = 0; v < QK; v++)
+        o->q[v] = (b[16 + 32 * (v >> 7) + (v & 31)] >> (2 * ((v >> 5) & 3))) & 3;
     for (int j = 0; j < 16; j++) o->sc[j] = b[j] & 15, o->mn[j] = b[j] >> 4;
     o->d = qk_f16(b + 80), o->dmin = qk_f16(b + 82);
 }
@@ -142,7 +143,7 @@ static void ints_q6k(const uint8_t *b, qk_ints *o) {
 }
 
 #define FAST_SCALAR(name, bytes, unpack)                                                     \
-    static __attribute__((unused)) void name(QK_DOT_FAST_ARGS) {                                                     \
+    static __attribute__((unused)) void name(QK_DOT_FAST_ARGS) {                             \
         float acc[QDOT_MAX_ROWS] = {0};                                                      \
         qk_ints w;                                                                           \
         for (int64_t blk = 0; blk < nblocks; blk++) {                                        \
@@ -179,12 +180,12 @@ FAST_SCALAR(fast_q6k, Q6K_BYTES, ints_q6k)
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
      .dot_exact = qk512_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
-     .dequant_row = qk512_##t##_dequant}
+     .dequant_row = qk512_##t##_dequant, .dot_fast_x8 = qk256_##t##_x8}
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \
      .dot_exact = qk256_##t##_exact, .act = ACT_Q8_256, .dot_fast = qk256_##t##_fast,      \
-     .dequant_row = qk256_##t##_dequant}
+     .dequant_row = qk256_##t##_dequant, .dot_fast_x8 = qk256_##t##_x8}
 #else /* the driver loops dequant_block where dequant_row is NULL */
 #define OPS_OF(id, t, size)                                                              \
     {.type = id, .block = QK, .bytes = size, .dequant_block = dequant_##t,             \

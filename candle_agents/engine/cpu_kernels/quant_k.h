@@ -81,13 +81,16 @@ static inline void qk_scale_min_k4(const uint8_t *s, uint8_t sc[8], uint8_t mn[8
 static inline __m128i qk_k4_scales(const uint8_t *b) {
     const __m128i v = _mm_loadu_si128((const __m128i *)b);
     /* P: sources of the low parts in each output position; Q: of the top 2 bits */
-    __m128i p = _mm_shuffle_epi8(v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
-    __m128i q = _mm_shuffle_epi8(v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
+    __m128i p = _mm_shuffle_epi8(
+        v, _mm_setr_epi8(4, 5, 6, 7, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15));
+    __m128i q = _mm_shuffle_epi8(
+        v, _mm_setr_epi8(-1, -1, -1, -1, 4, 5, 6, 7, -1, -1, -1, -1, 8, 9, 10, 11));
     const __m128i lo6 = _mm_setr_epi8(63, 63, 63, 63, 0, 0, 0, 0, 63, 63, 63, 63, 0, 0, 0, 0);
     const __m128i nib_lo = _mm_setr_epi8(0, 0, 0, 0, 15, 15, 15, 15, 0, 0, 0, 0, 0, 0, 0, 0);
     const __m128i nib_hi = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 15, 15, 15, 15);
     /* epi16 shifts: bits that cross into the neighbouring byte are masked off */
-    __m128i nib = _mm_or_si128(_mm_and_si128(p, nib_lo), _mm_and_si128(_mm_srli_epi16(p, 4), nib_hi));
+    __m128i nib =
+        _mm_or_si128(_mm_and_si128(p, nib_lo), _mm_and_si128(_mm_srli_epi16(p, 4), nib_hi));
     __m128i top = _mm_and_si128(_mm_srli_epi16(q, 2), _mm_set1_epi8(0x30));
     return _mm_or_si128(_mm_and_si128(p, lo6), _mm_or_si128(nib, top));
 }
@@ -112,11 +115,16 @@ static inline void qk_scales_q3(const uint8_t *s, int8_t sc[16]) {
 
 #define QK_DEQUANT_ARGS const uint8_t *row, int64_t nblocks, float *out
 
+#define QK_X8_ARGS                                                                   \
+    const uint8_t *w, int64_t row_bytes, int nrows, int64_t nblocks, const void *xg, \
+        int64_t xg_stride, int ngroups, float *out, int64_t ldo
+
 #define QK_DECLARE(name)                  \
     void name##_exact(QK_DOT_EXACT_ARGS); \
     void name##_fast(QK_DOT_FAST_ARGS);   \
-    void name##_dequant(QK_DEQUANT_ARGS);
-/* qk512_*_fast are not defined: AVX-512 builds take qk256_*_fast. */
+    void name##_dequant(QK_DEQUANT_ARGS); \
+    void name##_x8(QK_X8_ARGS);
+/* qk512_*_fast and _x8 are not defined: AVX-512 builds take qk256_*'s. */
 QK_DECLARE(qk512_q2k)
 QK_DECLARE(qk512_q3k)
 QK_DECLARE(qk512_q4k)

@@ -48,7 +48,7 @@ AI void unpack_q4k(const uint8_t *b, kb *o) {
 }
 
 /* Bit c of each byte of h, moved to bit `to` (epi16 shifts: what crosses
- * into the neighbouring byte lands below `to` or above bit 4 and is masked). */
+ * into the neighbouring byte lands below or above bit `to` and is masked). */
 AI __m256i bit_to(__m256i h, int c, int to) {
     __m256i s = c < to ? _mm256_slli_epi16(h, to - c) : _mm256_srli_epi16(h, c - to);
     return _mm256_and_si256(s, _mm256_set1_epi8((char)(1 << to)));
@@ -198,7 +198,8 @@ AI void to_floats(const kb *w, kf *f, const int off, const int has_min) {
 
 /* Weights 8 j .. 8 j + 7 of the block: dl * q (- ml), as the reference. */
 AI __m256 weights8(const kf *f, int j, const int has_min) {
-    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(f->q + 8 * j))));
+    __m128i q = _mm_loadl_epi64((const __m128i *)(f->q + 8 * j));
+    __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
     v = _mm256_mul_ps(v, _mm256_broadcast_ss(f->dl + j / 2));
     return has_min ? _mm256_sub_ps(v, _mm256_broadcast_ss(f->ml + j / 2)) : v;
 }
@@ -238,9 +239,155 @@ AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int 
         kb w;
         unpack(row + blk * bytes, &w);
         to_floats(&w, &f, off, has_min);
-        for (int j = 0; j < 32; j++) _mm256_storeu_ps(out + blk * QK + 8 * j, weights8(&f, j, has_min));
+        for (int j = 0; j < 32; j++)
+            _mm256_storeu_ps(out + blk * QK + 8 * j, weights8(&f, j, has_min));
     }
 }
+
+/* -- groups of 8 x rows (dot_fast_x8) -------------------------------------------
+ * Blocks of up to QX8_MAX_ROWS weight rows are unpacked, X8_CHUNK at a time,
+ * into a stack buffer that stays in L1 (bytes in value order, d * scale per
+ * 16 values as floats, the min terms as int16 pairs). Then per weight row,
+ * for up to X8_GROUPS groups of 8 x rows at once (act_q8_256x8): per 4
+ * values a broadcast dword of 4 weight bytes, one vpdpbusd with 4 bytes of
+ * each of a group's 8 rows (an int32 sum per row in a lane); each 16-value
+ * sum (32 where the type's scales are per 32) scaled in float; the min (or
+ * offset) terms from 8 pmaddwd of the rows' 16-value sums with the block's
+ * int16 pairs. With VNNI that is one instruction per 32 multiply-adds, where
+ * dot_fast takes two (pmaddubsw + vpdpwssd). */
+#define X8_CHUNK 4  /* blocks: 8 rows x 4 unpacked (12 KiB) + 4 groups' 4 (37 KiB) in L1 */
+#define X8_GROUPS 4 /* x groups a weight broadcast serves */
+
+typedef struct {
+    uint8_t u[QK] __attribute__((aligned(32))); /* values u (value = u - off), in order */
+    float dsc[16];   /* d * scale, per 16 values */
+    int32_t mnp[8];  /* (mn[2p], mn[2p + 1]) as an int16 pair */
+    float dm;        /* the factor of the min terms: dmin, or d where they fold */
+} kx8;
+
+AI __m256i dpbusd(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVXVNNI__)
+    return _mm256_dpbusd_avx_epi32(acc, u, s);
+#elif defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(acc, u, s);
+#else /* u <= 63: pair sums stay within int16 */
+    __m256i pairs = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+#endif
+}
+
+AI void prep_x8(const uint8_t *b, kx8 *o, unpack_fn unpack, const int fold) {
+    kb w;
+    unpack(b, &w);
+    for (int c = 0; c < 8; c++) _mm256_store_si256((__m256i *)(o->u + 32 * c), w.u[c]);
+    for (int h = 0; h < 2; h++)
+        _mm256_storeu_ps(o->dsc + 8 * h, _mm256_mul_ps(_mm256_set1_ps(w.d), i16_to_f32(w.sc, h)));
+    _mm256_storeu_si256((__m256i *)o->mnp, w.mn); /* int16 j at pair j / 2 */
+    o->dm = fold ? w.d : w.dmin;
+}
+
+/* One block's dots for G groups of 8 x rows, over d_x, added to acc[g]:
+ * sum of d sc (u . a) - dm sum mn A. Each broadcast of weight bytes serves
+ * all G groups (a load per multiply-add, not two). pair: the scales come in
+ * equal pairs (per 32 values). */
+AI void block_x8(const kx8 *k, const act_q8_256x8 *const *x, const int G, const int pair,
+                 __m256 *acc) {
+    const int32_t *wv = (const int32_t *)k->u;
+    __m256 blk[X8_GROUPS];
+    for (int g = 0; g < G; g++) blk[g] = _mm256_setzero_ps();
+    for (int j = 0; j < 16; j += 2) { /* 32 values; a chain per 16 */
+        __m256i s0[X8_GROUPS], s1[X8_GROUPS];
+        for (int g = 0; g < G; g++) s0[g] = s1[g] = _mm256_setzero_si256();
+        for (int q = 0; q < 4; q++) {
+            __m256i w0 = _mm256_set1_epi32(wv[4 * j + q]);
+            __m256i w1 = _mm256_set1_epi32(wv[4 * j + 4 + q]);
+            for (int g = 0; g < G; g++) {
+                const int8_t *a = x[g]->qs + 32 * (4 * j + q);
+                s0[g] = dpbusd(s0[g], w0, _mm256_loadu_si256((const __m256i *)a));
+                s1[g] = dpbusd(s1[g], w1, _mm256_loadu_si256((const __m256i *)(a + 128)));
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            if (pair) {
+                blk[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0[g], s1[g])),
+                                         _mm256_set1_ps(k->dsc[j]), blk[g]);
+            } else {
+                blk[g] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0[g]), _mm256_set1_ps(k->dsc[j]), blk[g]);
+                blk[g] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1[g]), _mm256_set1_ps(k->dsc[j + 1]),
+                                         blk[g]);
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        __m256i m[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+        for (int p = 0; p < 8; p++) {
+            __m256i pr = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)x[g]->bsums[p]),
+                                           _mm256_set1_epi32(k->mnp[p]));
+            m[p & 1] = _mm256_add_epi32(m[p & 1], pr);
+        }
+        __m256 b = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(m[0], m[1])),
+                                    _mm256_set1_ps(k->dm), blk[g]);
+        acc[g] = _mm256_fmadd_ps(b, _mm256_loadu_ps(x[g]->d), acc[g]);
+    }
+}
+
+/* Weight rows j < nrows against groups g0 .. g0 + G - 1 for chunk blocks b0 .. b0 + n - 1. */
+AI void chunk_x8(kx8 (*k)[X8_CHUNK], int nrows, int n, const void *xg, int64_t xg_stride,
+                 int64_t b0, int g0, const int G, const int pair,
+                 __m256 (*acc)[QX8_MAX_ROWS]) {
+    for (int j = 0; j < nrows; j++) {
+        __m256 a[X8_GROUPS];
+        for (int g = 0; g < G; g++) a[g] = acc[g0 + g][j];
+        for (int i = 0; i < n; i++) {
+            const act_q8_256x8 *x[X8_GROUPS];
+            for (int g = 0; g < G; g++)
+                x[g] = (const act_q8_256x8 *)((const char *)xg + (g0 + g) * xg_stride) + b0 + i;
+            block_x8(&k[j][i], x, G, pair, a);
+        }
+        for (int g = 0; g < G; g++) acc[g0 + g][j] = a[g];
+    }
+}
+
+AI void fast_x8(const uint8_t *w, int64_t row_bytes, int nrows, int64_t nb, const void *xg,
+                int64_t xg_stride, int ngroups, float *out, int64_t ldo, const int bytes,
+                unpack_fn unpack, const int fold, const int pair) {
+    kx8 k[QX8_MAX_ROWS][X8_CHUNK];
+    __m256 acc[QX8_MAX_GROUPS][QX8_MAX_ROWS];
+    for (int g = 0; g < ngroups; g++)
+        for (int j = 0; j < nrows; j++) acc[g][j] = _mm256_setzero_ps();
+    for (int64_t b0 = 0; b0 < nb; b0 += X8_CHUNK) {
+        int n = nb - b0 < X8_CHUNK ? (int)(nb - b0) : X8_CHUNK;
+        for (int j = 0; j < nrows; j++)
+            for (int i = 0; i < n; i++)
+                prep_x8(w + j * row_bytes + (b0 + i) * bytes, &k[j][i], unpack, fold);
+        for (int g0 = 0; g0 < ngroups; g0 += X8_GROUPS) {
+            switch (ngroups - g0 < X8_GROUPS ? ngroups - g0 : X8_GROUPS) {
+            case 1: chunk_x8(k, nrows, n, xg, xg_stride, b0, g0, 1, pair, acc); break;
+            case 2: chunk_x8(k, nrows, n, xg, xg_stride, b0, g0, 2, pair, acc); break;
+            case 3: chunk_x8(k, nrows, n, xg, xg_stride, b0, g0, 3, pair, acc); break;
+            default: chunk_x8(k, nrows, n, xg, xg_stride, b0, g0, 4, pair, acc); break;
+            }
+        }
+    }
+    for (int g = 0; g < ngroups; g++)
+        for (int j = 0; j < nrows; j++) {
+            float v[8];
+            _mm256_storeu_ps(v, acc[g][j]);
+            for (int r = 0; r < 8; r++) out[(8 * g + r) * ldo + j] = v[r];
+        }
+}
+
+#define X8(t, bytes, fold, pair)                                                         \
+    void qk256_##t##_x8(QK_X8_ARGS) {                                                    \
+        fast_x8(w, row_bytes, nrows, nblocks, xg, xg_stride, ngroups, out, ldo, bytes,   \
+                unpack_##t, fold, pair);                                                 \
+    }
+X8(q2k, Q2K_BYTES, 0, 0)
+X8(q3k, Q3K_BYTES, 1, 0)
+X8(q4k, Q4K_BYTES, 0, 1)
+X8(q5k, Q5K_BYTES, 0, 1)
+X8(q6k, Q6K_BYTES, 1, 0)
 
 /* -- entry points: one instance per row count ----------------------------------- */
 
@@ -278,9 +425,19 @@ DEFINE(q4k)
 DEFINE(q5k)
 DEFINE(q6k)
 
-void qk256_q2k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1); }
-void qk256_q3k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0); }
-void qk256_q4k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q4K_BYTES, unpack_q4k, 0, 1); }
-void qk256_q5k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1); }
-void qk256_q6k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0); }
+void qk256_q2k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1);
+}
+void qk256_q3k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0);
+}
+void qk256_q4k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q4K_BYTES, unpack_q4k, 0, 1);
+}
+void qk256_q5k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1);
+}
+void qk256_q6k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0);
+}
 #endif

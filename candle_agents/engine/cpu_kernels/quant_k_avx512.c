@@ -3,14 +3,15 @@
  * measured here, its 256-bit form is as fast as or faster than a 512-bit one.
  *
  * Every type unpacks a block into a common form (kb): 256 unsigned bytes in
- * value order (u, 0..63; value = u - off), 16 int16 scales per 16 values and
- * 16 int16 mins, d and dmin. Weights are made in registers by the float
- * operations of the reference dequantization, so each is bit-equal to
- * gguf.quants.dequantize (dequant_row stores them; the dots differ from a
- * float32 matmul on the dequantized weights only in summation order). Q4_K
- * turns its nibbles into floats through a 16-entry table per sub-block
- * (vpermps), the others through int8 -> int32 -> float. One unpack serves up
- * to QDOT_MAX_ROWS activation rows. */
+ * value order (u, 0..63; value = u - off), 16 int16 scales and (for the
+ * types with a min) 16 int16 mins per 16 values, d and dmin. Weights are
+ * made in registers by the float operations of the reference
+ * dequantization, so each is bit-equal to gguf.quants.dequantize
+ * (dequant_row stores them; the dots differ from a float32 matmul on the
+ * dequantized weights only in summation order). Q4_K turns its nibbles into
+ * floats through a 16-entry table per sub-block (vpermps), the others
+ * through int8 -> int32 -> float. One unpack serves up to QDOT_MAX_ROWS
+ * activation rows. */
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #include <immintrin.h>
 
@@ -21,7 +22,7 @@
 typedef struct {
     __m512i u[4]; /* values 64 c .. 64 c + 63 */
     __m256i sc;   /* int16 scale per 16 values */
-    __m256i mn;   /* int16 per 16 values: the min (Q2_K/Q4_K/Q5_K) or off * scale */
+    __m256i mn;   /* int16 min per 16 values (Q2_K/Q4_K/Q5_K only) */
     float d, dmin;
 } kb;
 
@@ -97,7 +98,6 @@ AI void unpack_q3k(const uint8_t *b, kb *o) {
                               (int)((bb & 0x0F0F0F0F) | ((c << 2) & 0x30303030)),
                               (int)((a & 0x0F0F0F0F) | ((c << 4) & 0x30303030)));
     o->sc = _mm256_cvtepi8_epi16(_mm_sub_epi8(s, _mm_set1_epi8(32)));
-    o->mn = _mm256_slli_epi16(o->sc, 2);
     o->d = qk_f16(b + 108), o->dmin = 0.0f;
 }
 
@@ -116,14 +116,14 @@ AI void unpack_q6k(const uint8_t *b, kb *o) {
             _mm512_ternarylogic_epi32(_mm512_and_si512(dn, m2), _mm512_srli_epi16(ql, 4), m4, 0xF8);
     }
     o->sc = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(b + 192)));
-    o->mn = _mm256_slli_epi16(o->sc, 5);
     o->d = qk_f16(b + 208), o->dmin = 0.0f;
 }
 
 typedef void (*unpack_fn)(const uint8_t *, kb *);
 
 AI float reduce4(const __m512 a[4]) {
-    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+    __m512 s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+    return _mm512_reduce_add_ps(s);
 }
 
 /* -- the exact path -------------------------------------------------------------
@@ -146,7 +146,8 @@ AI void to_floats(const kb *w, kf *f, const int off, const int has_min) {
 
 /* Weights 16 j .. 16 j + 15 of the block: dl * q (- ml), as the reference. */
 AI __m512 weights16(const kf *f, int j, const int has_min) {
-    __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_load_si128((const __m128i *)(f->q + 16 * j))));
+    __m128i q = _mm_load_si128((const __m128i *)(f->q + 16 * j));
+    __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
     v = _mm512_mul_ps(v, _mm512_set1_ps(f->dl[j]));
     return has_min ? _mm512_sub_ps(v, _mm512_set1_ps(f->ml[j])) : v;
 }
@@ -154,7 +155,8 @@ AI __m512 weights16(const kf *f, int j, const int has_min) {
 AI void exact_rows(const uint8_t *row, int64_t nblocks, const float *x, int64_t ldx,
                    const int M, float *out, int64_t ldo, const int bytes, unpack_fn unpack,
                    const int off, const int has_min) {
-    __m512 acc[QDOT_MAX_ROWS][4]; /* 4 chains per row: FMA latency, not throughput, bounds one row */
+    /* 4 chains per row: at one row FMA latency, not throughput, sets the pace */
+    __m512 acc[QDOT_MAX_ROWS][4];
     for (int i = 0; i < M; i++)
         for (int k = 0; k < 4; k++) acc[i][k] = _mm512_setzero_ps();
     /* The next block is unpacked one block ahead (see exact_q4k_rows). */
@@ -187,7 +189,8 @@ AI void dequant_rows(const uint8_t *row, int64_t nblocks, float *out, const int 
         kb w;
         unpack(row + blk * bytes, &w);
         to_floats(&w, &f, off, has_min);
-        for (int j = 0; j < 16; j++) _mm512_storeu_ps(out + blk * QK + 16 * j, weights16(&f, j, has_min));
+        for (int j = 0; j < 16; j++)
+            _mm512_storeu_ps(out + blk * QK + 16 * j, weights16(&f, j, has_min));
     }
 }
 
@@ -200,16 +203,19 @@ AI void q4k_tables(const uint8_t *b, float t[16]) {
     int dw;
     memcpy(&dw, b, 4);
     __m128 h = _mm_cvtph_ps(_mm_cvtsi32_si128(dw));
-    __m512 dd = _mm512_permutexvar_ps(_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
-                                      _mm512_castps128_ps512(h));
+    __m512i lanes = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 dd = _mm512_permutexvar_ps(lanes, _mm512_castps128_ps512(h));
     _mm512_store_ps(t, _mm512_mul_ps(dd, f)); /* d sc[0..7], dmin m[0..7] */
 }
 
 /* Weights 64 g .. 64 g + 63 of the block. */
 AI void q4k_weights64(const uint8_t *b, const float t[16], int g, __m512 w[4]) {
     const __m512 iota = _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-    __m512 lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g]), iota), _mm512_set1_ps(t[8 + 2 * g]));
-    __m512 hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g + 1]), iota), _mm512_set1_ps(t[9 + 2 * g]));
+    /* mul then sub, as the reference: each table value is bit-equal to it */
+    __m512 lo = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g]), iota),
+                              _mm512_set1_ps(t[8 + 2 * g]));
+    __m512 hi = _mm512_sub_ps(_mm512_mul_ps(_mm512_set1_ps(t[2 * g + 1]), iota),
+                              _mm512_set1_ps(t[9 + 2 * g]));
     const uint8_t *qs = b + 16 + 32 * g;
     __m512i i0 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)qs));
     __m512i i1 = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + 16)));
@@ -235,8 +241,10 @@ AI void exact_q4k_rows(const uint8_t *row, int64_t nblocks, const float *x, int6
             __m512 w[4];
             q4k_weights64(b, t[blk & 1], g, w);
             for (int i = 0; i < M; i++)
-                for (int k = 0; k < 4; k++)
-                    acc[i][k] = _mm512_fmadd_ps(w[k], _mm512_loadu_ps(xb + i * ldx + 64 * g + 16 * k), acc[i][k]);
+                for (int k = 0; k < 4; k++) {
+                    __m512 xv = _mm512_loadu_ps(xb + i * ldx + 64 * g + 16 * k);
+                    acc[i][k] = _mm512_fmadd_ps(w[k], xv, acc[i][k]);
+                }
         }
     }
     for (int i = 0; i < M; i++) out[i * ldo] = reduce4(acc[i]);
@@ -265,8 +273,11 @@ static void dequant_q4k_row(const uint8_t *row, int64_t nblocks, float *out) {
     default: body(4); break;         \
     }
 
-#define DEFINE(t) \
-    void qk512_##t##_exact(QK_DOT_EXACT_ARGS) { BY_ROWS(EXACT_##t) }
+#define DEFINE(t)                                                        \
+    void qk512_##t##_exact(QK_DOT_EXACT_ARGS) {                          \
+        _Static_assert(QDOT_MAX_ROWS == 4, "BY_ROWS covers 1..4 rows"); \
+        BY_ROWS(EXACT_##t)                                               \
+    }
 
 #define EXACT_ARGS row, nblocks, x, ldx
 #define EXACT_q2k(M) exact_rows(EXACT_ARGS, M, out, ldo, Q2K_BYTES, unpack_q2k, 0, 1)
@@ -281,9 +292,19 @@ DEFINE(q4k)
 DEFINE(q5k)
 DEFINE(q6k)
 
-void qk512_q2k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1); }
-void qk512_q3k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0); }
-void qk512_q4k_dequant(QK_DEQUANT_ARGS) { dequant_q4k_row(row, nblocks, out); }
-void qk512_q5k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1); }
-void qk512_q6k_dequant(QK_DEQUANT_ARGS) { dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0); }
+void qk512_q2k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q2K_BYTES, unpack_q2k, 0, 1);
+}
+void qk512_q3k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q3K_BYTES, unpack_q3k, 4, 0);
+}
+void qk512_q4k_dequant(QK_DEQUANT_ARGS) {
+    dequant_q4k_row(row, nblocks, out);
+}
+void qk512_q5k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q5K_BYTES, unpack_q5k, 0, 1);
+}
+void qk512_q6k_dequant(QK_DEQUANT_ARGS) {
+    dequant_rows(row, nblocks, out, Q6K_BYTES, unpack_q6k, 32, 0);
+}
 #endif
