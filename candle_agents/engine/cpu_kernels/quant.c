@@ -25,14 +25,26 @@
 #include "quant.h"
 
 /* Exact path: above this many x rows, dequantize panels (where there is a
- * panel kernel); at or below it, dot_exact (measured: see the benchmark). */
-#define EXACT_DOT_MAX_M 4
+ * panel kernel); at or below it, dot_exact. Measured with K = 576 and 2048:
+ * dot_exact wins to M = 8-9, as the panel's dequantize-and-transpose costs
+ * about 40% of its float32 multiply at M = 32. (The limits here can be set
+ * with -D to retune.) */
+#ifndef EXACT_DOT_MAX_M
+#define EXACT_DOT_MAX_M 9
+#endif
 /* Output rows per task at the least, so a task is worth handing out. */
 #define MIN_TASK_ROWS 16
 /* Tasks per thread: uneven cores (other work on the machine) balance out. */
 #define TASKS_PER_THREAD 4
-/* Fast path: from this many x rows on, groups of 8 rows go to dot_fast_x8. */
-#define X8_MIN_M 8
+/* Fast path: from this many x rows on, groups of 8 rows go to dot_fast_x8;
+ * a last group of X8_PAD_MIN rows or more is padded with zero rows (measured:
+ * 5 rows cost dot_fast as much as 8 cost dot_fast_x8). */
+#ifndef X8_MIN_M
+#define X8_MIN_M 5
+#endif
+#ifndef X8_PAD_MIN
+#define X8_PAD_MIN 5
+#endif
 /* Activation buffers up to this size live on the stack: no malloc per call. */
 #define STACK_ACT_BYTES 16384
 
@@ -247,14 +259,25 @@ static void task_dot_exact(void *arg, int64_t t) {
 static void task_dot_fast(void *arg, int64_t t) {
     const gemm_ctx *c = arg;
     int64_t n1 = (t + 1) * c->chunk < c->N ? (t + 1) * c->chunk : c->N;
-    int64_t m_x8 = 8 * c->groups; /* rows that go in groups of 8 */
+    /* groups of 8 real rows, then at most one padded group */
+    int64_t full = c->M / 8 < c->groups ? c->M / 8 : c->groups;
+    int64_t m_x8 = 8 * c->groups < c->M ? 8 * c->groups : c->M;
     for (int64_t n0 = t * c->chunk; n0 < n1; n0 += QX8_MAX_ROWS) {
         int nr = n1 - n0 < QX8_MAX_ROWS ? (int)(n1 - n0) : QX8_MAX_ROWS;
-        for (int64_t g0 = 0; g0 < c->groups; g0 += QX8_MAX_GROUPS) {
-            int ng = c->groups - g0 < QX8_MAX_GROUPS ? (int)(c->groups - g0) : QX8_MAX_GROUPS;
-            c->ops->dot_fast_x8(c->w + n0 * c->row_bytes, c->row_bytes, nr, c->nb,
-                                (const char *)c->xg + g0 * c->xg_stride, c->xg_stride, ng,
-                                c->out + 8 * g0 * c->ldo + n0, c->ldo);
+        const uint8_t *w = c->w + n0 * c->row_bytes;
+        for (int64_t g0 = 0; g0 < full; g0 += QX8_MAX_GROUPS) {
+            int ng = full - g0 < QX8_MAX_GROUPS ? (int)(full - g0) : QX8_MAX_GROUPS;
+            c->ops->dot_fast_x8(w, c->row_bytes, nr, c->nb, (const char *)c->xg + g0 * c->xg_stride,
+                                c->xg_stride, ng, c->out + 8 * g0 * c->ldo + n0, c->ldo);
+        }
+        if (c->groups > full) { /* the last group, padded with zero rows: keep the real ones */
+            float tmp[8 * QX8_MAX_ROWS];
+            c->ops->dot_fast_x8(w, c->row_bytes, nr, c->nb,
+                                (const char *)c->xg + full * c->xg_stride, c->xg_stride, 1, tmp,
+                                QX8_MAX_ROWS);
+            for (int64_t m = 8 * full; m < c->M; m++)
+                for (int j = 0; j < nr; j++)
+                    c->out[m * c->ldo + n0 + j] = tmp[(m - 8 * full) * QX8_MAX_ROWS + j];
         }
         for (int64_t n = n0; n < n0 + nr; n++) {
             const uint8_t *row = c->w + n * c->row_bytes;
@@ -268,12 +291,20 @@ static void task_dot_fast(void *arg, int64_t t) {
     }
 }
 
-/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8). */
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8);
+ * rows from M on are zeros. */
 static void interleave_task(void *arg, int64_t g) {
     const gemm_ctx *c = arg;
     int64_t nb = c->K / 32;
     act_q8_32x8 *dst = (act_q8_32x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
+        if (8 * g + r >= c->M) {
+            for (int64_t b = 0; b < nb; b++) {
+                dst[b].d[r] = dst[b].s[r] = 0.0f;
+                for (int j = 0; j < 8; j++) memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
+            }
+            continue;
+        }
         const act_q8_32 *src = (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
             dst[b].d[r] = src[b].d;
@@ -425,11 +456,13 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
         run_tasks(quantize_rows_task, &c, M, M * K >= 65536 ? threads : 1);
         void *xg = 0;
         if (o->dot_fast_x8 && M >= X8_MIN_M) {
+            /* a last group of X8_PAD_MIN or more rows is padded with zero rows */
+            int64_t groups = M % 8 >= X8_PAD_MIN ? (M + 7) / 8 : M / 8;
             c.xg_stride = (int64_t)(K / 32 * sizeof(act_q8_32x8));
-            xg = malloc((size_t)(M / 8 * c.xg_stride));
+            xg = malloc((size_t)(groups * c.xg_stride));
             if (xg) {
                 c.xg = xg;
-                c.groups = M / 8;
+                c.groups = groups;
                 run_tasks(interleave_task, &c, c.groups, M * K >= 65536 ? threads : 1);
             }
         }

@@ -182,7 +182,33 @@ INLINE void dot_x8(const int kind, const int high, const int off, const int byte
             unpack_x8(kind, high, bytes, w + j * row_bytes + b0 * bytes, n, wq[j], dw[j], cw[j]);
         for (int g = 0; g < ngroups; g++) {
             const act_q8_32x8 *xb = (const act_q8_32x8 *)((const char *)xg + g * xg_stride) + b0;
-            for (int j = 0; j < nrows; j++) {
+            int j = 0;
+            /* two weight rows share each x load: loads, not multiply-adds, would bind */
+            for (; j + 2 <= nrows; j += 2) {
+                __m256 a0 = _mm256_load_ps(acc[g][j]), c0 = _mm256_load_ps(corr[g][j]);
+                __m256 a1 = _mm256_load_ps(acc[g][j + 1]), c1 = _mm256_load_ps(corr[g][j + 1]);
+                for (int i = 0; i < n; i++) {
+                    const int32_t *w0 = (const int32_t *)(wq[j] + 32 * i);
+                    const int32_t *w1 = (const int32_t *)(wq[j + 1] + 32 * i);
+                    const act_q8_32x8 *x = xb + i;
+                    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+                    for (int q = 0; q < 8; q++) {
+                        __m256i xv = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * q));
+                        s0 = dot_acc(s0, _mm256_set1_epi32(w0[q]), xv);
+                        s1 = dot_acc(s1, _mm256_set1_epi32(w1[q]), xv);
+                    }
+                    __m256 xd = _mm256_loadu_ps(x->d), xs = _mm256_loadu_ps(x->s);
+                    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), _mm256_mul_ps(_mm256_set1_ps(dw[j][i]), xd), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), _mm256_mul_ps(_mm256_set1_ps(dw[j + 1][i]), xd), a1);
+                    c0 = _mm256_fmadd_ps(_mm256_set1_ps(cw[j][i]), xs, c0);
+                    c1 = _mm256_fmadd_ps(_mm256_set1_ps(cw[j + 1][i]), xs, c1);
+                }
+                _mm256_store_ps(acc[g][j], a0);
+                _mm256_store_ps(corr[g][j], c0);
+                _mm256_store_ps(acc[g][j + 1], a1);
+                _mm256_store_ps(corr[g][j + 1], c1);
+            }
+            for (; j < nrows; j++) {
                 __m256 a = _mm256_load_ps(acc[g][j]), c = _mm256_load_ps(corr[g][j]);
                 for (int i = 0; i < n; i++) {
                     const int32_t *wv = (const int32_t *)(wq[j] + 32 * i);
