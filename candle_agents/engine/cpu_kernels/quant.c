@@ -9,7 +9,9 @@
  *    tile (panel_gemm.h) over every x row, so each weight is unpacked once
  *    per call rather than once per row tile;
  *  - fast: x quantized once per call to the type's activation format, then
- *    the type's integer dot_fast per output row.
+ *    the type's integer dot_fast per output row and tile of 4 x rows, or
+ *    from 5 x rows on, where the type has it, dot_fast_x8 over groups of 8 x
+ *    rows interleaved (act_q8_32x8), 8 weight rows at a time.
  * Work is split into tasks over contiguous runs of output rows, so each task
  * streams its own part of W once, and run on the engine's pool (pool.h).
  */
@@ -32,6 +34,9 @@
 #ifndef EXACT_DOT_MAX_M
 #define EXACT_DOT_MAX_M 9
 #endif
+/* Below this many multiply-adds (a few microseconds) a call stays on the
+ * caller's thread: waking the pool would cost about as much. */
+#define SERIAL_MACS 131072
 /* Output rows per task at the least, so a task is worth handing out. */
 #define MIN_TASK_ROWS 16
 /* Tasks per thread: uneven cores (other work on the machine) balance out. */
@@ -439,6 +444,7 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
     const qtype_ops *o = ops_of(qtype);
     if (!o || K <= 0 || K % o->block || N < 0 || M < 0) return -1;
     if (M == 0 || N == 0) return 0;
+    if (M * N * K < SERIAL_MACS) threads = 1;
     gemm_ctx c = {.ops = o, .w = w, .N = N, .K = K, .nb = K / o->block,
                   .row_bytes = K / o->block * o->bytes, .x = x, .M = M, .ldx = ldx,
                   .bias = bias, .out = out, .ldo = ldo};
