@@ -13,9 +13,9 @@ all four in the same run. Shapes: SmolLM2-135M (K=576: N=960 qkv, 576 o,
     python benchmarks/quant_kernels.py --types Q4_1,Q8_0 --models smollm2 --m 1,32
 
 Prints ms per call (the fastest single call), GB/s of weight bytes at M=1 and
-GFLOP/s (2 M N K / time) at M >= 8. Every timed call cycles through copies of
-W that together exceed --working-set MB, so M=1 reads W from memory as a
-decode step does, not from cache.
+GFLOP/s (2 M N K / time) at M >= 8. Every timed call, of each method, cycles
+through copies of its weights that together fill --working-set MB, so W comes
+from memory as in a decode step, not from cache.
 """
 
 from __future__ import annotations
@@ -80,9 +80,14 @@ def timeit(fn, calls: int, repeat: int) -> float:
 
 def bench_shape(qtype, name, n, k, ms, args) -> None:
     data, w = random_weight(qtype, n, k)
-    copies = max(1, int(args.working_set * 1e6 // data.numel()))
-    datas = [data] + [data.clone() for _ in range(copies - 1)]
-    panels = cpu_kernels.pack_panels(w)
+
+    def copies_of(t: torch.Tensor) -> list[torch.Tensor]:
+        # as many copies as fill the working set: each call reads its weights from memory
+        count = max(2, int(args.working_set * 1e6 // (t.numel() * t.element_size())))
+        return [t] + [t.clone() for _ in range(count - 1)]
+
+    datas, ws = copies_of(data), copies_of(w)
+    panels = [cpu_kernels.pack_panels(v) for v in ws]
     fast_ok = cpu_kernels.quant_supported(qtype, fast=True)
     nan = float("nan")
     for m in ms:
@@ -92,16 +97,18 @@ def bench_shape(qtype, name, n, k, ms, args) -> None:
         calls = max(3, min(2000, int(args.budget * 1e9 / max(flops, data.numel() * 20))))
 
         def quant(i, fast, x=x):
-            return cpu_kernels.quant_gemm(x, datas[i % copies], qtype, fast=fast)
+            return cpu_kernels.quant_gemm(x, datas[i % len(datas)], qtype, fast=fast)
+
+        def panel(i, x=x):
+            return cpu_kernels.gemm_packed(x, panels[i % len(panels)], None, n)
+
+        def linear(i, x=x):
+            return F.linear(x, ws[i % len(ws)])
 
         t_exact = timeit(lambda i: quant(i, False), calls, args.repeat)
         t_fast = timeit(lambda i: quant(i, True), calls, args.repeat) if fast_ok else nan
-        t_panel = (
-            timeit(lambda i, x=x: cpu_kernels.gemm_packed(x, panels, None, n), calls, args.repeat)
-            if m <= 64
-            else nan
-        )
-        t_lin = timeit(lambda i, x=x: F.linear(x, w), calls, args.repeat)
+        t_panel = timeit(panel, calls, args.repeat) if m <= 64 else nan
+        t_lin = timeit(linear, calls, args.repeat)
         times = (t_exact, t_fast, t_panel, t_lin)
         if m == 1:
             rate = [f"{data.numel() / t / 1e9:.1f} GB/s" if t == t else "-" for t in times[:2]]

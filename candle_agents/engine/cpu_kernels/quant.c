@@ -101,7 +101,8 @@ void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
     for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
         float inv, d = scale_of(amax512(x, 256), &inv);
         __m512 vi = _mm512_set1_ps(inv);
-        for (int g = 0; g < 16; g++) out->bsums[g] = (int16_t)quant16(x + 16 * g, vi, out->qs + 16 * g);
+        for (int g = 0; g < 16; g++)
+            out->bsums[g] = (int16_t)quant16(x + 16 * g, vi, out->qs + 16 * g);
         out->d = d;
     }
 }
@@ -125,7 +126,8 @@ static inline int hsum_epi32(__m256i v) {
 /* 32 values to int8 at qs; sums of the first and the second 16. */
 static inline void quant32(const float *x, __m256 inv, int8_t *qs, int *s0, int *s1) {
     __m256i q[4];
-    for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
+    for (int i = 0; i < 4; i++)
+        q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
     /* packs interleave 128-bit lanes; the final permute restores value order */
     __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -310,7 +312,8 @@ static void interleave_task(void *arg, int64_t g) {
             }
             continue;
         }
-        const act_q8_32 *src = (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+        const act_q8_32 *src =
+            (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
             dst[b].d[r] = src[b].d;
             dst[b].s[r] = src[b].s;
@@ -419,7 +422,8 @@ static void task_panel(void *arg, int64_t t) {
             }
             for (int64_t i = 0; i < mc; i++) {
                 float *o = c->out + (m0 + i) * c->ldo + p0;
-                for (int j = 0; j < cols; j++) o[j] = acc[i * NR + j] + (c->bias ? c->bias[p0 + j] : 0.0f);
+                for (int j = 0; j < cols; j++)
+                    o[j] = acc[i * NR + j] + (c->bias ? c->bias[p0 + j] : 0.0f);
             }
         }
     }

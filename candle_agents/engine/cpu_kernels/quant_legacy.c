@@ -220,7 +220,7 @@ static void bf16_dequant(const uint8_t *b, float *out) { *out = bf16_one(b); }
     }
 #else
 /* 32 partial sums per row keep the loops vectorisable by the compiler. */
-#define DOT_EXACT(name, deq, bytes, has_min)                                                        \
+#define DOT_EXACT(name, deq, bytes, has_min)                                                 \
     INLINE void name##_m(const uint8_t *row, int64_t nb, const float *x, int64_t ldx,        \
                          const int m, float *out, int64_t ldo) {                             \
         float acc[QDOT_MAX_ROWS][32] = {{0}}, w[32];                                         \
