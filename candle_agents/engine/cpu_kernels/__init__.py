@@ -426,16 +426,23 @@ def quant_gemm(
     apart, e.g. a column slice of a wider tensor) receives the result, which
     is returned. Raises ValueError for bad shapes, dtypes or types.
     """
+    # Called hundreds of times a token: each check here is ~0.1 us.
     lib = _require()
-    if x.dim() != 2 or x.dtype != torch.float32 or x.device.type != "cpu":
+    if x.dtype != torch.float32 or not x.is_cpu or x.dim() != 2:
         raise ValueError(
             f"quant_gemm: x must be a 2-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)}"
         )
     m, k = x.shape
-    if k > 1 and x.stride(1) != 1:
-        raise ValueError(f"quant_gemm: x rows must be contiguous, got strides {x.stride()}")
-    if weight.dim() != 2 or weight.dtype != torch.uint8 or not weight.is_contiguous():
-        raise ValueError("quant_gemm: weight must be a contiguous 2-D uint8 tensor")
+    sx = x.stride()
+    if k > 1 and sx[1] != 1:
+        raise ValueError(f"quant_gemm: x rows must be contiguous, got strides {sx}")
+    if (
+        weight.dtype != torch.uint8
+        or not weight.is_cpu
+        or weight.dim() != 2
+        or not weight.is_contiguous()
+    ):
+        raise ValueError("quant_gemm: weight must be a contiguous 2-D uint8 CPU tensor")
     n, row_bytes = weight.shape
     want = _row_bytes(qtype, k, "quant_gemm")
     if row_bytes != want:
@@ -444,18 +451,26 @@ def quant_gemm(
             f"weight rows have {row_bytes}"
         )
     if bias is not None and (
-        bias.dtype != torch.float32 or bias.shape != (n,) or not bias.is_contiguous()
+        bias.dtype != torch.float32
+        or not bias.is_cpu
+        or bias.shape != (n,)
+        or not bias.is_contiguous()
     ):
-        raise ValueError(f"quant_gemm: bias must be contiguous float32 [{n}]")
+        raise ValueError(f"quant_gemm: bias must be a contiguous float32 CPU tensor [{n}]")
     if out is None:
         out = x.new_empty(m, n)
-    elif (
-        out.dtype != torch.float32
-        or out.shape != (m, n)
-        or (n > 1 and out.stride(1) != 1)
-        or (m > 1 and out.stride(0) < n)
-    ):
-        raise ValueError(f"quant_gemm: out must be float32 [{m}, {n}] with contiguous rows")
+        ldo = n
+    else:
+        so = out.stride() if out.dim() == 2 else (0, 0)
+        if (
+            out.dtype != torch.float32
+            or not out.is_cpu
+            or out.shape != (m, n)
+            or (n > 1 and so[1] != 1)
+            or (m > 1 and so[0] < n)
+        ):
+            raise ValueError(f"quant_gemm: out must be float32 [{m}, {n}] with contiguous rows")
+        ldo = so[0]
     rc = lib.quant_gemm(
         int(qtype),
         weight.data_ptr(),
@@ -463,12 +478,12 @@ def quant_gemm(
         k,
         x.data_ptr(),
         m,
-        x.stride(0),
+        sx[0],
         bias.data_ptr() if bias is not None else None,
         out.data_ptr(),
-        out.stride(0),
+        ldo,
         int(fast),
-        _threads(),
+        torch.get_num_threads(),
     )
     if rc != 0:
         raise ValueError(f"quant_gemm: type {qtype} with K={k} is not supported")

@@ -9,7 +9,9 @@
  *    tile (panel_gemm.h) over every x row, so each weight is unpacked once
  *    per call rather than once per row tile;
  *  - fast: x quantized once per call to the type's activation format, then
- *    the type's integer dot_fast per output row.
+ *    the type's integer dot_fast per output row and tile of 4 x rows, or
+ *    from 5 x rows on, where the type has it, dot_fast_x8 over groups of 8 x
+ *    rows interleaved (act_q8_32x8), 8 weight rows at a time.
  * Work is split into tasks over contiguous runs of output rows, so each task
  * streams its own part of W once, and run on the engine's pool (pool.h).
  */
@@ -25,14 +27,29 @@
 #include "quant.h"
 
 /* Exact path: above this many x rows, dequantize panels (where there is a
- * panel kernel); at or below it, dot_exact (measured: see the benchmark). */
-#define EXACT_DOT_MAX_M 4
+ * panel kernel); at or below it, dot_exact. Measured with K = 576 and 2048:
+ * dot_exact wins to M = 8-9, as the panel's dequantize-and-transpose costs
+ * about 40% of its float32 multiply at M = 32. (The limits here can be set
+ * with -D to retune.) */
+#ifndef EXACT_DOT_MAX_M
+#define EXACT_DOT_MAX_M 9
+#endif
+/* Below this many multiply-adds (a few microseconds) a call stays on the
+ * caller's thread: waking the pool would cost about as much. */
+#define SERIAL_MACS 131072
 /* Output rows per task at the least, so a task is worth handing out. */
 #define MIN_TASK_ROWS 16
 /* Tasks per thread: uneven cores (other work on the machine) balance out. */
 #define TASKS_PER_THREAD 4
-/* Fast path: from this many x rows on, groups of 8 rows go to dot_fast_x8. */
-#define X8_MIN_M 8
+/* Fast path: from this many x rows on, groups of 8 rows go to dot_fast_x8;
+ * a last group of X8_PAD_MIN rows or more is padded with zero rows (measured:
+ * 5 rows cost dot_fast as much as 8 cost dot_fast_x8). */
+#ifndef X8_MIN_M
+#define X8_MIN_M 5
+#endif
+#ifndef X8_PAD_MIN
+#define X8_PAD_MIN 5
+#endif
 /* Activation buffers up to this size live on the stack: no malloc per call. */
 #define STACK_ACT_BYTES 16384
 
@@ -84,7 +101,8 @@ void quantize_act_q8_256(const float *x, int64_t k, act_q8_256 *out) {
     for (int64_t b = 0; b < k / 256; b++, x += 256, out++) {
         float inv, d = scale_of(amax512(x, 256), &inv);
         __m512 vi = _mm512_set1_ps(inv);
-        for (int g = 0; g < 16; g++) out->bsums[g] = (int16_t)quant16(x + 16 * g, vi, out->qs + 16 * g);
+        for (int g = 0; g < 16; g++)
+            out->bsums[g] = (int16_t)quant16(x + 16 * g, vi, out->qs + 16 * g);
         out->d = d;
     }
 }
@@ -108,7 +126,8 @@ static inline int hsum_epi32(__m256i v) {
 /* 32 values to int8 at qs; sums of the first and the second 16. */
 static inline void quant32(const float *x, __m256 inv, int8_t *qs, int *s0, int *s1) {
     __m256i q[4];
-    for (int i = 0; i < 4; i++) q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
+    for (int i = 0; i < 4; i++)
+        q[i] = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + 8 * i), inv));
     /* packs interleave 128-bit lanes; the final permute restores value order */
     __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
     p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
@@ -247,14 +266,25 @@ static void task_dot_exact(void *arg, int64_t t) {
 static void task_dot_fast(void *arg, int64_t t) {
     const gemm_ctx *c = arg;
     int64_t n1 = (t + 1) * c->chunk < c->N ? (t + 1) * c->chunk : c->N;
-    int64_t m_x8 = 8 * c->groups; /* rows that go in groups of 8 */
+    /* groups of 8 real rows, then at most one padded group */
+    int64_t full = c->M / 8 < c->groups ? c->M / 8 : c->groups;
+    int64_t m_x8 = 8 * c->groups < c->M ? 8 * c->groups : c->M;
     for (int64_t n0 = t * c->chunk; n0 < n1; n0 += QX8_MAX_ROWS) {
         int nr = n1 - n0 < QX8_MAX_ROWS ? (int)(n1 - n0) : QX8_MAX_ROWS;
-        for (int64_t g0 = 0; g0 < c->groups; g0 += QX8_MAX_GROUPS) {
-            int ng = c->groups - g0 < QX8_MAX_GROUPS ? (int)(c->groups - g0) : QX8_MAX_GROUPS;
-            c->ops->dot_fast_x8(c->w + n0 * c->row_bytes, c->row_bytes, nr, c->nb,
-                                (const char *)c->xg + g0 * c->xg_stride, c->xg_stride, ng,
-                                c->out + 8 * g0 * c->ldo + n0, c->ldo);
+        const uint8_t *w = c->w + n0 * c->row_bytes;
+        for (int64_t g0 = 0; g0 < full; g0 += QX8_MAX_GROUPS) {
+            int ng = full - g0 < QX8_MAX_GROUPS ? (int)(full - g0) : QX8_MAX_GROUPS;
+            c->ops->dot_fast_x8(w, c->row_bytes, nr, c->nb, (const char *)c->xg + g0 * c->xg_stride,
+                                c->xg_stride, ng, c->out + 8 * g0 * c->ldo + n0, c->ldo);
+        }
+        if (c->groups > full) { /* the last group, padded with zero rows: keep the real ones */
+            float tmp[8 * QX8_MAX_ROWS];
+            c->ops->dot_fast_x8(w, c->row_bytes, nr, c->nb,
+                                (const char *)c->xg + full * c->xg_stride, c->xg_stride, 1, tmp,
+                                QX8_MAX_ROWS);
+            for (int64_t m = 8 * full; m < c->M; m++)
+                for (int j = 0; j < nr; j++)
+                    c->out[m * c->ldo + n0 + j] = tmp[(m - 8 * full) * QX8_MAX_ROWS + j];
         }
         for (int64_t n = n0; n < n0 + nr; n++) {
             const uint8_t *row = c->w + n * c->row_bytes;
@@ -268,11 +298,20 @@ static void task_dot_fast(void *arg, int64_t t) {
     }
 }
 
-/* Rows 8 g .. 8 g + 7 of xq (act_q8_256) interleaved into group g (act_q8_256x8). */
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_256) interleaved into group g (act_q8_256x8);
+ * rows from M on are zeros. */
 static void interleave256(const gemm_ctx *c, int64_t g) {
     int64_t nb = c->K / 256;
     act_q8_256x8 *dst = (act_q8_256x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
+        if (8 * g + r >= c->M) {
+            for (int64_t b = 0; b < nb; b++) {
+                dst[b].d[r] = 0.0f;
+                for (int p = 0; p < 8; p++) dst[b].bsums[p][r][0] = dst[b].bsums[p][r][1] = 0;
+                for (int j = 0; j < 64; j++) memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
+            }
+            continue;
+        }
         const act_q8_256 *src =
             (const act_q8_256 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
@@ -286,7 +325,8 @@ static void interleave256(const gemm_ctx *c, int64_t g) {
     }
 }
 
-/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8). */
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8);
+ * rows from M on are zeros. */
 static void interleave_task(void *arg, int64_t g) {
     const gemm_ctx *c = arg;
     if (c->ops->act == ACT_Q8_256) {
@@ -296,7 +336,15 @@ static void interleave_task(void *arg, int64_t g) {
     int64_t nb = c->K / 32;
     act_q8_32x8 *dst = (act_q8_32x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
-        const act_q8_32 *src = (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+        if (8 * g + r >= c->M) {
+            for (int64_t b = 0; b < nb; b++) {
+                dst[b].d[r] = dst[b].s[r] = 0.0f;
+                for (int j = 0; j < 8; j++) memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
+            }
+            continue;
+        }
+        const act_q8_32 *src =
+            (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
             dst[b].d[r] = src[b].d;
             dst[b].s[r] = src[b].s;
@@ -405,7 +453,8 @@ static void task_panel(void *arg, int64_t t) {
             }
             for (int64_t i = 0; i < mc; i++) {
                 float *o = c->out + (m0 + i) * c->ldo + p0;
-                for (int j = 0; j < cols; j++) o[j] = acc[i * NR + j] + (c->bias ? c->bias[p0 + j] : 0.0f);
+                for (int j = 0; j < cols; j++)
+                    o[j] = acc[i * NR + j] + (c->bias ? c->bias[p0 + j] : 0.0f);
             }
         }
     }
@@ -430,6 +479,7 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
     const qtype_ops *o = ops_of(qtype);
     if (!o || K <= 0 || K % o->block || N < 0 || M < 0) return -1;
     if (M == 0 || N == 0) return 0;
+    if (M * N * K < SERIAL_MACS) threads = 1;
     gemm_ctx c = {.ops = o, .w = w, .N = N, .K = K, .nb = K / o->block,
                   .row_bytes = K / o->block * o->bytes, .x = x, .M = M, .ldx = ldx,
                   .bias = bias, .out = out, .ldo = ldo};
@@ -447,12 +497,14 @@ int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x
         run_tasks(quantize_rows_task, &c, M, M * K >= 65536 ? threads : 1);
         void *xg = 0;
         if (o->dot_fast_x8 && M >= X8_MIN_M) {
+            /* a last group of X8_PAD_MIN or more rows is padded with zero rows */
+            int64_t groups = M % 8 >= X8_PAD_MIN ? (M + 7) / 8 : M / 8;
             c.xg_stride = o->act == ACT_Q8_256 ? (int64_t)(K / 256 * sizeof(act_q8_256x8))
                                                : (int64_t)(K / 32 * sizeof(act_q8_32x8));
-            xg = malloc((size_t)(M / 8 * c.xg_stride));
+            xg = malloc((size_t)(groups * c.xg_stride));
             if (xg) {
                 c.xg = xg;
-                c.groups = M / 8;
+                c.groups = groups;
                 run_tasks(interleave_task, &c, c.groups, M * K >= 65536 ? threads : 1);
             }
         }

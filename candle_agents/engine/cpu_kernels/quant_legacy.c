@@ -82,6 +82,17 @@ static void q8_0_dequant(const uint8_t *b, float *out) {
 }
 #endif
 
+/* Whole rows: the per-block function inlined, no call per block. */
+#define DEQUANT_ROW(name, one, bytes)                                                        \
+    static void name(const uint8_t *row, int64_t nb, float *out) {                           \
+        for (int64_t b = 0; b < nb; b++) one(row + b * bytes, out + 32 * b);                 \
+    }
+DEQUANT_ROW(q4_0_dequant_row, q4_0_dequant, 18)
+DEQUANT_ROW(q4_1_dequant_row, q4_1_dequant, 20)
+DEQUANT_ROW(q5_0_dequant_row, q5_0_dequant, 22)
+DEQUANT_ROW(q5_1_dequant_row, q5_1_dequant, 24)
+DEQUANT_ROW(q8_0_dequant_row, q8_0_dequant, 34)
+
 /* Float rows: VW values at a time from `load`, the rest one by one. */
 #if defined(__AVX512F__)
 #define VW 16
@@ -209,7 +220,7 @@ static void bf16_dequant(const uint8_t *b, float *out) { *out = bf16_one(b); }
     }
 #else
 /* 32 partial sums per row keep the loops vectorisable by the compiler. */
-#define DOT_EXACT(name, deq, bytes, has_min)                                                        \
+#define DOT_EXACT(name, deq, bytes, has_min)                                                 \
     INLINE void name##_m(const uint8_t *row, int64_t nb, const float *x, int64_t ldx,        \
                          const int m, float *out, int64_t ldo) {                             \
         float acc[QDOT_MAX_ROWS][32] = {{0}}, w[32];                                         \
@@ -315,18 +326,23 @@ DOT_DISPATCH(bf16_dot_exact)
 
 static const qtype_ops OPS[] = {
     {.type = QT_Q4_0, .block = 32, .bytes = 18, .dequant_block = q4_0_dequant,
+     .dequant_row = q4_0_dequant_row,
      .dot_exact = q4_0_dot_exact, .act = ACT_Q8_32, .dot_fast = q4_0_dot_fast,
      .dot_fast_x8 = X8_FN(q4_0_dot_x8)},
     {.type = QT_Q4_1, .block = 32, .bytes = 20, .dequant_block = q4_1_dequant,
+     .dequant_row = q4_1_dequant_row,
      .dot_exact = q4_1_dot_exact, .act = ACT_Q8_32, .dot_fast = q4_1_dot_fast,
      .dot_fast_x8 = X8_FN(q4_1_dot_x8)},
     {.type = QT_Q5_0, .block = 32, .bytes = 22, .dequant_block = q5_0_dequant,
+     .dequant_row = q5_0_dequant_row,
      .dot_exact = q5_0_dot_exact, .act = ACT_Q8_32, .dot_fast = q5_0_dot_fast,
      .dot_fast_x8 = X8_FN(q5_0_dot_x8)},
     {.type = QT_Q5_1, .block = 32, .bytes = 24, .dequant_block = q5_1_dequant,
+     .dequant_row = q5_1_dequant_row,
      .dot_exact = q5_1_dot_exact, .act = ACT_Q8_32, .dot_fast = q5_1_dot_fast,
      .dot_fast_x8 = X8_FN(q5_1_dot_x8)},
     {.type = QT_Q8_0, .block = 32, .bytes = 34, .dequant_block = q8_0_dequant,
+     .dequant_row = q8_0_dequant_row,
      .dot_exact = q8_0_dot_exact, .act = ACT_Q8_32, .dot_fast = q8_0_dot_fast,
      .dot_fast_x8 = X8_Q8_FN(q8_0_dot_x8)},
     {.type = QT_F32, .block = 1, .bytes = 4, .dequant_block = f32_dequant,

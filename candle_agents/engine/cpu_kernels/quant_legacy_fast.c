@@ -143,7 +143,8 @@ INLINE __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #elif defined(__AVXVNNI__)
     return _mm256_dpbusd_avx_epi32(acc, u, s);
 #else
-    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+    __m256i pairs = _mm256_maddubs_epi16(u, s);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 #endif
 }
 
@@ -168,6 +169,60 @@ INLINE void unpack_x8(const int kind, const int high, const int bytes, const uin
     }
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+/* Two x groups side by side in 512-bit registers (16 rows a multiply-add,
+ * twice the work of a 256-bit one for a little more time here), two weight
+ * rows at a time: the same sums as the 256-bit loop below. */
+INLINE __m512i both(const int8_t *a, const int8_t *b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
+                              _mm256_loadu_si256((const __m256i *)b), 1);
+}
+
+INLINE __m512 both_ps(const float *a, const float *b) {
+    return _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_loadu_ps(a)), _mm256_loadu_ps(b), 1);
+}
+
+INLINE void store_both(__m512 v, float *lo, float *hi) {
+    _mm256_store_ps(lo, _mm512_castps512_ps256(v));
+    _mm256_store_ps(hi, _mm512_extractf32x8_ps(v, 1));
+}
+
+INLINE void pair_x8(uint8_t wq[][X8_CHUNK * 32], float dw[][X8_CHUNK], float cw[][X8_CHUNK],
+                    int nrows, int n, const act_q8_32x8 *xa, const act_q8_32x8 *xb,
+                    float acc_a[][8], float corr_a[][8], float acc_b[][8], float corr_b[][8]) {
+    for (int j0 = 0; j0 < nrows; j0 += 4) {
+        /* rows past the last are repeats of it, computed but not stored */
+        int jj[4];
+        for (int u = 0; u < 4; u++) jj[u] = j0 + u < nrows ? j0 + u : nrows - 1;
+        __m512 a[4], c[4];
+        for (int u = 0; u < 4; u++) {
+            a[u] = both_ps(acc_a[jj[u]], acc_b[jj[u]]);
+            c[u] = both_ps(corr_a[jj[u]], corr_b[jj[u]]);
+        }
+        for (int i = 0; i < n; i++) {
+            __m512i s[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                            _mm512_setzero_si512()};
+            for (int q = 0; q < 8; q++) {
+                __m512i xv = both(xa[i].qs + 32 * q, xb[i].qs + 32 * q);
+                for (int u = 0; u < 4; u++)
+                    s[u] = _mm512_dpbusd_epi32(
+                        s[u], _mm512_set1_epi32(((const int32_t *)(wq[jj[u]] + 32 * i))[q]), xv);
+            }
+            __m512 xd = both_ps(xa[i].d, xb[i].d), xs = both_ps(xa[i].s, xb[i].s);
+            for (int u = 0; u < 4; u++) {
+                a[u] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[u]),
+                                       _mm512_mul_ps(_mm512_set1_ps(dw[jj[u]][i]), xd), a[u]);
+                c[u] = _mm512_fmadd_ps(_mm512_set1_ps(cw[jj[u]][i]), xs, c[u]);
+            }
+        }
+        for (int u = 0; u < 4 && j0 + u < nrows; u++) {
+            store_both(a[u], acc_a[j0 + u], acc_b[j0 + u]);
+            store_both(c[u], corr_a[j0 + u], corr_b[j0 + u]);
+        }
+    }
+}
+#endif
+
 INLINE void dot_x8(const int kind, const int high, const int off, const int bytes,
                    const uint8_t *w, int64_t row_bytes, int nrows, int64_t nb, const void *xg,
                    int64_t xg_stride, int ngroups, float *out, int64_t ldo) {
@@ -180,9 +235,45 @@ INLINE void dot_x8(const int kind, const int high, const int off, const int byte
         int n = nb - b0 < X8_CHUNK ? (int)(nb - b0) : X8_CHUNK;
         for (int j = 0; j < nrows; j++)
             unpack_x8(kind, high, bytes, w + j * row_bytes + b0 * bytes, n, wq[j], dw[j], cw[j]);
-        for (int g = 0; g < ngroups; g++) {
+        int g = 0;
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+        for (; g + 2 <= ngroups; g += 2)
+            pair_x8(wq, dw, cw, nrows, n,
+                    (const act_q8_32x8 *)((const char *)xg + g * xg_stride) + b0,
+                    (const act_q8_32x8 *)((const char *)xg + (g + 1) * xg_stride) + b0, acc[g],
+                    corr[g], acc[g + 1], corr[g + 1]);
+#endif
+        for (; g < ngroups; g++) {
             const act_q8_32x8 *xb = (const act_q8_32x8 *)((const char *)xg + g * xg_stride) + b0;
-            for (int j = 0; j < nrows; j++) {
+            int j = 0;
+            /* two weight rows share each x load: loads, not multiply-adds, would bind */
+            for (; j + 2 <= nrows; j += 2) {
+                __m256 a0 = _mm256_load_ps(acc[g][j]), c0 = _mm256_load_ps(corr[g][j]);
+                __m256 a1 = _mm256_load_ps(acc[g][j + 1]), c1 = _mm256_load_ps(corr[g][j + 1]);
+                for (int i = 0; i < n; i++) {
+                    const int32_t *w0 = (const int32_t *)(wq[j] + 32 * i);
+                    const int32_t *w1 = (const int32_t *)(wq[j + 1] + 32 * i);
+                    const act_q8_32x8 *x = xb + i;
+                    __m256i s0 = _mm256_setzero_si256(), s1 = s0;
+                    for (int q = 0; q < 8; q++) {
+                        __m256i xv = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * q));
+                        s0 = dot_acc(s0, _mm256_set1_epi32(w0[q]), xv);
+                        s1 = dot_acc(s1, _mm256_set1_epi32(w1[q]), xv);
+                    }
+                    __m256 xd = _mm256_loadu_ps(x->d), xs = _mm256_loadu_ps(x->s);
+                    __m256 d0 = _mm256_mul_ps(_mm256_set1_ps(dw[j][i]), xd);
+                    __m256 d1 = _mm256_mul_ps(_mm256_set1_ps(dw[j + 1][i]), xd);
+                    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s0), d0, a0);
+                    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s1), d1, a1);
+                    c0 = _mm256_fmadd_ps(_mm256_set1_ps(cw[j][i]), xs, c0);
+                    c1 = _mm256_fmadd_ps(_mm256_set1_ps(cw[j + 1][i]), xs, c1);
+                }
+                _mm256_store_ps(acc[g][j], a0);
+                _mm256_store_ps(corr[g][j], c0);
+                _mm256_store_ps(acc[g][j + 1], a1);
+                _mm256_store_ps(corr[g][j + 1], c1);
+            }
+            for (; j < nrows; j++) {
                 __m256 a = _mm256_load_ps(acc[g][j]), c = _mm256_load_ps(corr[g][j]);
                 for (int i = 0; i < n; i++) {
                     const int32_t *wv = (const int32_t *)(wq[j] + 32 * i);
@@ -190,8 +281,9 @@ INLINE void dot_x8(const int kind, const int high, const int off, const int byte
                     /* two chains of multiply-adds: their latency, not their count, would bind */
                     __m256i s0 = _mm256_setzero_si256(), s1 = s0;
                     for (int q = 0; q < 8; q += 2) {
-                        s0 = dot_acc(s0, _mm256_set1_epi32(wv[q]), _mm256_loadu_si256((const __m256i *)(x->qs + 32 * q)));
-                        s1 = dot_acc(s1, _mm256_set1_epi32(wv[q + 1]), _mm256_loadu_si256((const __m256i *)(x->qs + 32 * q + 32)));
+                        const __m256i *xv = (const __m256i *)(x->qs + 32 * q);
+                        s0 = dot_acc(s0, _mm256_set1_epi32(wv[q]), _mm256_loadu_si256(xv));
+                        s1 = dot_acc(s1, _mm256_set1_epi32(wv[q + 1]), _mm256_loadu_si256(xv + 1));
                     }
                     __m256 dd = _mm256_mul_ps(_mm256_set1_ps(dw[j][i]), _mm256_loadu_ps(x->d));
                     a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), dd, a);
@@ -204,9 +296,10 @@ INLINE void dot_x8(const int kind, const int high, const int off, const int byte
     }
     for (int g = 0; g < ngroups; g++)
         for (int j = 0; j < nrows; j++)
-            for (int r = 0; r < 8; r++)
-                out[(8 * g + r) * ldo + j] =
-                    kind == 1 ? acc[g][j][r] + corr[g][j][r] : acc[g][j][r] - (float)off * corr[g][j][r];
+            for (int r = 0; r < 8; r++) {
+                float a = acc[g][j][r], c = corr[g][j][r];
+                out[(8 * g + r) * ldo + j] = kind == 1 ? a + c : a - (float)off * c;
+            }
 }
 
 #define X8(name, kind, high, off, bytes)                                                     \
