@@ -111,17 +111,19 @@ def test_decode_kernel_rejects_bad_shapes():
     with pytest.raises(ValueError, match="kv_heads=4"):
         cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, 0.125)
     with pytest.raises(ValueError, match="dtype"):
-        cpu_kernels.paged_decode_attention(q, kc.half(), vc.half(), tables, seq_lens, 0.125)
+        cpu_kernels.paged_decode_attention(q, kc.double(), vc.double(), tables, seq_lens, 0.125)
 
 
 def test_auto_picks_the_kernel_backend_on_cpu(monkeypatch):
     cpu = torch.device("cpu")
     assert isinstance(get_backend("auto", cpu, torch.float32, 64), CpuAttentionBackend)
     assert type(get_backend("torch", cpu, torch.float32, 64)) is TorchAttentionBackend
-    # float16 has no kernel: auto falls back, an explicit "cpu" says why it cannot.
-    assert type(get_backend("auto", cpu, torch.float16, 64)) is TorchAttentionBackend
+    # A float16 KV cache has a kernel; head_dim 512 has none: auto falls back,
+    # an explicit "cpu" says why it cannot.
+    assert isinstance(get_backend("auto", cpu, torch.float16, 64), CpuAttentionBackend)
+    assert type(get_backend("auto", cpu, torch.float32, 512)) is TorchAttentionBackend
     with pytest.raises(ConfigError, match="attention_backend='cpu' needs") as err:
-        get_backend("cpu", cpu, torch.float16, 64)
+        get_backend("cpu", cpu, torch.float32, 512)
     assert err.value.field == "attention_backend"
     monkeypatch.setattr(cpu_kernels, "_lib", None)  # as if the build had failed
     assert type(get_backend("auto", cpu, torch.float32, 64)) is TorchAttentionBackend
