@@ -20,6 +20,7 @@ from torch import nn
 from candle_agents.engine import cpu_kernels
 from candle_agents.engine.loader import Checkpoint
 from candle_agents.engine.quant.layers import QuantEmbedding, QuantLinear, _BlockWeights
+from candle_agents.engine.quant.tensor import FLOAT_TYPES
 from candle_agents.errors import ConfigError, ModelLoadError
 
 __all__ = ["QUANTIZE_TYPES", "QuantPlan", "finish_quantized", "plan_quantized", "weight_bytes"]
@@ -52,7 +53,7 @@ def plan_quantized(
     """Swap quantized layers into ``model`` (still on the meta device); None keeps floats."""
     qtype = None
     if quantize is not None:  # a value EngineConfig has checked
-        if ckpt.quantized:
+        if set(ckpt.quantized.values()) - FLOAT_TYPES:
             raise ConfigError(
                 f"quantize={quantize!r} quantizes float checkpoints; {ckpt.path} is already "
                 "quantized (GGUF weights run in their own formats)",
@@ -82,7 +83,7 @@ def plan_quantized(
     names = _map_names(model)
     if qtype is not None:
         paths = {path for path, module in model.named_modules() if _swappable(module)}
-        keep: frozenset[str] = frozenset()
+        keep: frozenset[str] = frozenset()  # F16/BF16 matrices arrive as floats, to quantize
     else:
         runnable = {name for name, t in ckpt.quantized.items() if cpu_kernels.quant_supported(t)}
         for kind in sorted({Q(t).name for n, t in ckpt.quantized.items() if n not in runnable}):

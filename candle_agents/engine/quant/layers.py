@@ -195,20 +195,10 @@ class QuantEmbedding(_BlockWeights):
         self.dtype = torch.float32
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        flat = ids.reshape(-1).to(torch.int64)
-        out = torch.empty(flat.shape[0], self.embedding_dim)
-        for start, w in self.parts:
-            stop = start + w.shape[0]
-            if len(self.parts) == 1:
-                rows, picked = flat, slice(None)
-            else:
-                picked = ((flat >= start) & (flat < stop)).nonzero().squeeze(1)
-                rows = flat[picked] - start
-            if rows.numel():
-                got = cpu_kernels.quant_dequant_rows(
-                    w.data, w.qtype, self.embedding_dim, rows=rows.contiguous()
-                )
-                out[picked] = got
+        (_, w), *rest = self.parts  # a checkpoint stores the embedding as one tensor
+        assert not rest, "an embedding has one part"
+        rows = ids.reshape(-1).to(torch.int64)
+        out = cpu_kernels.quant_dequant_rows(w.data, w.qtype, self.embedding_dim, rows=rows)
         return out.view(*ids.shape, self.embedding_dim).to(self.dtype)
 
     def extra_repr(self) -> str:
