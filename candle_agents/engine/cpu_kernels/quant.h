@@ -25,6 +25,12 @@ enum { ACT_NONE = 0, ACT_Q8_32 = 1, ACT_Q8_256 = 2 };
  * 8 g .. 8 g + 7 holds their d and s, and in qs[32 j + 4 r + i] byte 4 j + i
  * of row r, so a 256-bit multiply-add takes 4 values of 8 rows at once. */
 typedef struct { float d[8]; float s[8]; int8_t qs[256]; } act_q8_32x8;
+/* Eight ACT_Q8_256 rows interleaved: what dot_fast_x8 of an ACT_Q8_256 type
+ * (the K-quants) takes in place of act_q8_32x8. qs as there (qs[32 j + 4 r +
+ * i] is value 4 j + i of row r); bsums[p][r] holds row r's sums of values
+ * 32 p .. 32 p + 15 and 32 p + 16 .. 32 p + 31 (its bsums 2p and 2p + 1), so
+ * one pmaddwd weights a pair of them for 8 rows. */
+typedef struct { float d[8]; int16_t bsums[8][8][2]; int8_t qs[8 * 256]; } act_q8_256x8;
 
 /* The most activation rows one dot call takes (the driver tiles M by this). */
 #define QDOT_MAX_ROWS 4
@@ -51,12 +57,15 @@ typedef struct {
      * blocks to floats, bit for bit as dequant_block. The float types have
      * blocks of one value, so a call per block would dominate. */
     void (*dequant_row)(const uint8_t *row, int64_t nblocks, float *out);
-    /* Optional fast path for many x rows (act ACT_Q8_32 only): the dots of
-     * weight rows w + j * row_bytes (j < nrows <= QX8_MAX_ROWS) with groups
-     * of 8 x rows as act_q8_32x8 (nblocks structs a group, groups xg_stride
-     * bytes apart, ngroups <= QX8_MAX_GROUPS): out[(8 g + i) * ldo + j].
-     * Each weight byte is unpacked once per call and each x block loaded
-     * once per weight row, where dot_fast repeats both per 4 x rows. */
+    /* Optional fast path for many x rows: the dots of weight rows
+     * w + j * row_bytes (j < nrows <= QX8_MAX_ROWS) with groups of 8 x rows
+     * as act_q8_32x8 (ACT_Q8_32 types) or act_q8_256x8 (ACT_Q8_256), nblocks
+     * structs a group, groups xg_stride bytes apart, ngroups <=
+     * QX8_MAX_GROUPS: out[(8 g + i) * ldo + j]. A group may end in zero rows
+     * (d = 0, all sums 0) whose outputs the driver drops.
+     * Each weight block is unpacked once per call, and one multiply-add of
+     * 4 weight bytes serves 8 x rows, where dot_fast unpacks per 4 x rows
+     * and scales every block of every row separately. */
     void (*dot_fast_x8)(const uint8_t *w, int64_t row_bytes, int nrows, int64_t nblocks,
                         const void *xg, int64_t xg_stride, int ngroups, float *out, int64_t ldo);
 } qtype_ops;
