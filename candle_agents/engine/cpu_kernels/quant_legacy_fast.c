@@ -137,7 +137,9 @@ INLINE void dot_fast_q8(const uint8_t *row, int64_t nb, const void *xq, int64_t 
  * offset is taken off with s like Q4_0's. Without VNNI, vpmaddubsw's int16
  * pair sums would saturate on that (255 * 127 * 2), so Q8_0 has no x8 path. */
 #if defined(HAVE_X8)
+#ifndef X8_CHUNK
 #define X8_CHUNK 64
+#endif
 
 INLINE __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
