@@ -298,35 +298,33 @@ static void task_dot_fast(void *arg, int64_t t) {
     }
 }
 
-/* Rows 8 g .. 8 g + 7 of xq (act_q8_256) interleaved into group g (act_q8_256x8);
- * rows from M on are zeros. */
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_256) interleaved into group g
+ * (act_q8_256x8); rows from M on are zeros. */
 static void interleave256(const gemm_ctx *c, int64_t g) {
     int64_t nb = c->K / 256;
     act_q8_256x8 *dst = (act_q8_256x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
-        if (8 * g + r >= c->M) {
-            for (int64_t b = 0; b < nb; b++) {
-                dst[b].d[r] = 0.0f;
-                for (int p = 0; p < 8; p++) dst[b].bsums[p][r][0] = dst[b].bsums[p][r][1] = 0;
-                for (int j = 0; j < 64; j++) memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
-            }
-            continue;
-        }
+        int pad = 8 * g + r >= c->M;
         const act_q8_256 *src =
-            (const act_q8_256 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+            pad ? 0 : (const act_q8_256 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
-            dst[b].d[r] = src[b].d;
+            dst[b].d[r] = pad ? 0.0f : src[b].d;
             for (int p = 0; p < 8; p++) {
-                dst[b].bsums[p][r][0] = src[b].bsums[2 * p];
-                dst[b].bsums[p][r][1] = src[b].bsums[2 * p + 1];
+                dst[b].bsums[p][r][0] = pad ? 0 : src[b].bsums[2 * p];
+                dst[b].bsums[p][r][1] = pad ? 0 : src[b].bsums[2 * p + 1];
             }
-            for (int j = 0; j < 64; j++) memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            for (int j = 0; j < 64; j++) {
+                if (pad)
+                    memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
+                else
+                    memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            }
         }
     }
 }
 
-/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g (act_q8_32x8);
- * rows from M on are zeros. */
+/* Rows 8 g .. 8 g + 7 of xq (act_q8_32) interleaved into group g
+ * (act_q8_32x8); rows from M on are zeros. */
 static void interleave_task(void *arg, int64_t g) {
     const gemm_ctx *c = arg;
     if (c->ops->act == ACT_Q8_256) {
@@ -336,19 +334,18 @@ static void interleave_task(void *arg, int64_t g) {
     int64_t nb = c->K / 32;
     act_q8_32x8 *dst = (act_q8_32x8 *)((char *)c->xg + g * c->xg_stride);
     for (int r = 0; r < 8; r++) {
-        if (8 * g + r >= c->M) {
-            for (int64_t b = 0; b < nb; b++) {
-                dst[b].d[r] = dst[b].s[r] = 0.0f;
-                for (int j = 0; j < 8; j++) memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
-            }
-            continue;
-        }
+        int pad = 8 * g + r >= c->M;
         const act_q8_32 *src =
-            (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
+            pad ? 0 : (const act_q8_32 *)((const char *)c->xq + (8 * g + r) * c->xq_stride);
         for (int64_t b = 0; b < nb; b++) {
-            dst[b].d[r] = src[b].d;
-            dst[b].s[r] = src[b].s;
-            for (int j = 0; j < 8; j++) memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            dst[b].d[r] = pad ? 0.0f : src[b].d;
+            dst[b].s[r] = pad ? 0.0f : src[b].s;
+            for (int j = 0; j < 8; j++) {
+                if (pad)
+                    memset(dst[b].qs + 32 * j + 4 * r, 0, 4);
+                else
+                    memcpy(dst[b].qs + 32 * j + 4 * r, src[b].qs + 4 * j, 4);
+            }
         }
     }
 }

@@ -57,12 +57,15 @@ typedef struct {
      * blocks to floats, bit for bit as dequant_block. The float types have
      * blocks of one value, so a call per block would dominate. */
     void (*dequant_row)(const uint8_t *row, int64_t nblocks, float *out);
-    /* Optional fast path for many x rows (act ACT_Q8_32 only): the dots of
-     * weight rows w + j * row_bytes (j < nrows <= QX8_MAX_ROWS) with groups
-     * of 8 x rows as act_q8_32x8 (nblocks structs a group, groups xg_stride
-     * bytes apart, ngroups <= QX8_MAX_GROUPS): out[(8 g + i) * ldo + j].
-     * Each weight byte is unpacked once per call and each x block loaded
-     * once per weight row, where dot_fast repeats both per 4 x rows. */
+    /* Optional fast path for many x rows: the dots of weight rows
+     * w + j * row_bytes (j < nrows <= QX8_MAX_ROWS) with groups of 8 x rows
+     * as act_q8_32x8 (ACT_Q8_32 types) or act_q8_256x8 (ACT_Q8_256), nblocks
+     * structs a group, groups xg_stride bytes apart, ngroups <=
+     * QX8_MAX_GROUPS: out[(8 g + i) * ldo + j]. A group may end in zero rows
+     * (d = 0, all sums 0) whose outputs the driver drops.
+     * Each weight block is unpacked once per call, and one multiply-add of
+     * 4 weight bytes serves 8 x rows, where dot_fast unpacks per 4 x rows
+     * and scales every block of every row separately. */
     void (*dot_fast_x8)(const uint8_t *w, int64_t row_bytes, int nrows, int64_t nblocks,
                         const void *xg, int64_t xg_stride, int ngroups, float *out, int64_t ldo);
 } qtype_ops;

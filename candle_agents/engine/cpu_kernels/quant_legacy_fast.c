@@ -129,13 +129,17 @@ INLINE void dot_fast_q8(const uint8_t *row, int64_t nb, const void *xq, int64_t 
  * and each weight row: per block, 8 multiply-adds of a broadcast dword of 4
  * weight bytes with 4 bytes of each of the 8 rows (act_q8_32x8), one int32
  * sum per row in a lane, scaled by d_w * d_x[row] in float. The x group's
- * chunk (20 KiB) is reused from L1 by every weight row.
+ * chunk (20 KiB) is reused from L1 or L2 by every weight row, and each x
+ * load serves two weight rows (four with AVX-512 VNNI, which also takes two
+ * groups at once).
  *
  * Q8_0 has signed weights: here they are offset to unsigned (w + 128) and the
  * offset is taken off with s like Q4_0's. Without VNNI, vpmaddubsw's int16
  * pair sums would saturate on that (255 * 127 * 2), so Q8_0 has no x8 path. */
 #if defined(HAVE_X8)
+#ifndef X8_CHUNK
 #define X8_CHUNK 64
+#endif
 
 INLINE __m256i dot_acc(__m256i acc, __m256i u, __m256i s) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -171,8 +175,8 @@ INLINE void unpack_x8(const int kind, const int high, const int bytes, const uin
 
 #if defined(__AVX512VNNI__) && defined(__AVX512F__)
 /* Two x groups side by side in 512-bit registers (16 rows a multiply-add,
- * twice the work of a 256-bit one for a little more time here), two weight
- * rows at a time: the same sums as the 256-bit loop below. */
+ * twice the work of a 256-bit one for a little more time here), four weight
+ * rows per x load: the same sums as the 256-bit loop below. */
 INLINE __m512i both(const int8_t *a, const int8_t *b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)a)),
                               _mm256_loadu_si256((const __m256i *)b), 1);
