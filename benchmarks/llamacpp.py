@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from llamacpp_files import FILES, model_file, model_shape
 
 # The engine measured is the one beside this script (a worktree's), not an installed one:
 # a script's sys.path starts at its own folder, not at the current directory.
@@ -60,11 +61,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if (ROOT / "candle_agents").is_dir() and str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-FILES = ("default", "1b-q4_k_m", "1b-q8_0")
-QUANTS = {"1b-q4_k_m": "Q4_K_M", "1b-q8_0": "Q8_0"}
-CACHE = Path(
-    os.environ.get("CANDLE_AGENTS_BENCH_CACHE", "~/.cache/candle-agents/bench")
-).expanduser()
 LLAMACPP_SH = Path("/work/shared/tools/llamacpp.sh")
 SMOKE = {"files": "default", "npl": "1,2", "npp": 16, "ntg": 8}
 SEED = 1234
@@ -196,96 +192,6 @@ def llamacpp_version(bin_dir: Path) -> str:
     )
     lines = [ln for ln in (done.stdout + done.stderr).splitlines() if ln.startswith("version")]
     return lines[0].removeprefix("version:").strip() if lines else "unknown"
-
-
-# -- the model files ------------------------------------------------------------------------
-
-
-def model_file(name: str, bin_dir: Path | None, threads: int) -> Path:
-    if name == "default":
-        from candle_agents.engine.loader import default_gguf_path
-
-        return default_gguf_path()
-    target = CACHE / f"llama-3.2-1b-random.{QUANTS[name]}.gguf"
-    if not target.is_file():
-        if bin_dir is None:
-            raise SystemExit(f"building {target.name} needs llama.cpp: pass --llamacpp-bin")
-        build_1b_files(bin_dir, threads)
-    return target
-
-
-def build_1b_files(bin_dir: Path, threads: int) -> None:
-    """Random Llama-3.2-1B-shaped weights -> BF16 GGUF -> every file of QUANTS, cached."""
-    import transformers
-    from gguf import GGUFReader
-    from gpu_throughput import LLAMA_3_2_1B, ROPE_SCALING, WEIGHT_STD, quiet_transformers
-
-    from candle_agents.engine.loader import default_gguf_path
-    from candle_agents.engine.loader.gguf import build_gguf_tokenizer
-
-    CACHE.mkdir(parents=True, exist_ok=True)
-    need = 2 * 2.5e9  # the safetensors folder and the BF16 GGUF, both alive at one moment
-    if shutil.disk_usage(CACHE).free < need + 2.5e9:
-        raise SystemExit(f"building the 1B files needs ~7.5 GB free under {CACHE}")
-    quiet_transformers()
-    with tempfile.TemporaryDirectory(dir=CACHE, prefix="build-") as tmp:
-        folder, bf16 = Path(tmp) / "hf", Path(tmp) / "model.BF16.gguf"
-        print(f"building the random 1B model under {tmp} ...", file=sys.stderr)
-        # No tokenizer can be downloaded: the default model's, rebuilt from its GGUF; the
-        # converter pads its 49152 tokens to the config's 128256 with unused [PADi] tokens.
-        tok, info, _ = build_gguf_tokenizer(GGUFReader(default_gguf_path()))
-        fast = transformers.PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            bos_token=info.bos_token,
-            eos_token=info.eos_token,
-            unk_token=info.unk_token,
-            pad_token=info.pad_token,
-        )
-        config = transformers.LlamaConfig(
-            **LLAMA_3_2_1B,
-            rms_norm_eps=1e-5,
-            rope_theta=500000.0,
-            rope_scaling=dict(ROPE_SCALING),
-            tie_word_embeddings=True,
-            initializer_range=WEIGHT_STD,
-            bos_token_id=fast.bos_token_id,
-            eos_token_id=fast.eos_token_id,
-        )
-        torch.manual_seed(SEED)
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-        model.save_pretrained(folder, safe_serialization=True)
-        del model
-        fast.save_pretrained(folder)
-        src = bin_dir.parent.parent
-        env = {**os.environ, "PYTHONPATH": str(src / "gguf-py")}
-        convert = [sys.executable, str(src / "convert_hf_to_gguf.py"), str(folder)]
-        run_checked([*convert, "--outfile", str(bf16), "--outtype", "bf16"], env=env)
-        shutil.rmtree(folder)  # before quantizing: disk is limited
-        for quant in QUANTS.values():
-            if (CACHE / f"llama-3.2-1b-random.{quant}.gguf").is_file():
-                continue  # from an earlier, interrupted build
-            part = Path(tmp) / f"model.{quant}.gguf"
-            run_checked(
-                [str(bin_dir / "llama-quantize"), str(bf16), str(part), quant, str(threads)]
-            )
-            part.replace(CACHE / f"llama-3.2-1b-random.{quant}.gguf")
-
-
-def run_checked(cmd: list[str], env: dict[str, str] | None = None) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-
-
-def model_shape(path: Path) -> dict[str, int]:
-    from gguf import GGUFReader
-
-    from candle_agents.engine.loader.gguf import gguf_config
-
-    c = gguf_config(GGUFReader(path))
-    return {
-        k: int(c[k]) for k in ("num_hidden_layers", "num_key_value_heads", "head_dim", "vocab_size")
-    }
 
 
 # -- child processes ------------------------------------------------------------------------
@@ -470,11 +376,7 @@ def child_main(spec: dict[str, Any]) -> None:
             prompts = random_prompts(npl, npp, vocab, SEED + 1000 * npl)
             figures = asyncio.run(timed_batch(engine, prompts, ntg))
             result["npl"][str(npl)] = figures
-            print(
-                f"  ours npl {npl}: gen {figures['gen_tok_s']:.1f} tok/s, "
-                f"prompt {figures['prompt_tok_s']:.1f} tok/s",
-                file=sys.stderr,
-            )
+            progress("ours", {str(npl): figures})
             cpu_kernels.release_thread_pool()
     finally:
         engine.shutdown()
@@ -482,6 +384,16 @@ def child_main(spec: dict[str, Any]) -> None:
     hwm = re.search(r"VmHWM:\s+(\d+)", status.read_text()) if status.exists() else None
     result["vm_hwm_mib"] = round(int(hwm.group(1)) / 1024, 1) if hwm else None
     Path(spec["out"]).write_text(json.dumps(result))
+
+
+def progress(side: str, figures: dict[str, dict[str, float]]) -> None:
+    for npl, row in figures.items():
+        print(
+            f"  {side} npl {npl}: gen {row['gen_tok_s']:.1f} tok/s, "
+            f"prompt {row['prompt_tok_s']:.1f} tok/s",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 # -- the report -----------------------------------------------------------------------------
@@ -581,6 +493,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: run {i + 1}/{args.repeat}", file=sys.stderr)
             if not args.skip_llamacpp:
                 their_runs.append(run_llamacpp(bin_dir, path, args))
+                progress("llama.cpp", their_runs[-1]["npl"])
             ours_runs.append(run_ours(path, args, shape))
         ours = best_of(ours_runs)
         theirs = best_of(their_runs) if their_runs else None
