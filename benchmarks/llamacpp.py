@@ -9,15 +9,18 @@ random prompts of npp tokens and generate ntg tokens for each, greedy, EOS ignor
              the first npl is run twice and its first row dropped: that is the warm-up)
              S_PP = npl*npp / T_PP, T_PP = one llama_decode over all prompts (logits of the
              last prompt token of each); S_TG = npl*ntg / T_TG, T_TG = ntg decode steps of
-             npl tokens each (random input tokens, no sampling).
+             npl tokens each (random input tokens, no sampling). Its defaults otherwise:
+             KV cache in float16, flash attention "auto" (on, on CPU), n_batch 2048.
   ours       Engine.from_pretrained(FILE, max_num_seqs=32, kv_cache_memory=<the same number
-             of tokens as llama.cpp's context>, --engine overrides); one warm-up request (npp
+             of tokens as llama.cpp's context>, --engine overrides, defaults otherwise: today
+             float32 weights and KV on CPU, 2048 tokens a step); one warm-up request (npp
              prompt, ntg new tokens, untimed), then per npl all prompts submitted at once with
              `engine.stream` and timed as they stream back:
              prompt tok/s = npl*npp / (submit -> the last request's first token), which covers
              the prompt forward passes plus sampling the first token;
              gen tok/s = npl*(ntg-1) / (that moment -> the last request's last token), i.e.
-             ntg-1 decode steps, as the first token came from the prompt phase.
+             ntg-1 decode steps, as the first token came from the prompt phase (where the
+             prompts take several steps, the first ones already decode during the last).
   Peak RSS   each side runs in its own child process; ru_maxrss from os.wait4 (includes the
              resident pages of the memory-mapped GGUF on both sides).
 
@@ -247,11 +250,9 @@ def run_llamacpp(bin_dir: Path, path: Path, args: argparse.Namespace) -> dict[st
     rows, settings = parse_batched_bench(out)
     if code != 0 or len(rows) != len(args.npl) + 1:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{out[-3000:]}")
-    system = re.search(r"system_info: (.*)", out)
     return {
         "command": " ".join(cmd),
         "settings": settings,
-        "system_info": system.group(1).strip() if system else None,
         "npl": {str(r["npl"]): r for r in rows[1:]},
         "peak_rss_mib": round(rss, 1),
     }
