@@ -12,10 +12,10 @@ random prompts of npp tokens and generate ntg tokens for each, greedy, EOS ignor
              npl tokens each (random input tokens, no sampling). Its defaults otherwise:
              KV cache in float16, flash attention "auto" (on, on CPU), n_batch 2048.
   ours       Engine.from_pretrained(FILE, max_num_seqs=32, kv_cache_memory=<the same number
-             of tokens as llama.cpp's context>, --engine overrides, defaults otherwise: today
-             float32 weights and KV on CPU, 2048 tokens a step); one warm-up request (npp
-             prompt, ntg new tokens, untimed), then per npl all prompts submitted at once with
-             `engine.stream` and timed as they stream back:
+             of tokens as llama.cpp's context>, --engine overrides, defaults otherwise: GGUF
+             blocks kept, exact kernels, float32 KV on CPU, 2048 tokens a step); one warm-up
+             request (npp prompt, ntg new tokens, untimed), then per npl all prompts submitted
+             at once with `engine.stream` and timed as they stream back:
              prompt tok/s = npl*npp / (submit -> the last request's first token), which covers
              the prompt forward passes plus sampling the first token;
              gen tok/s = npl*(ntg-1) / (that moment -> the last request's last token), i.e.
@@ -308,6 +308,15 @@ def random_prompts(count: int, length: int, vocab: int, seed: int) -> list[list[
     return [[rng.randrange(vocab) for _ in range(length)] for _ in range(count)]
 
 
+def _weights_kind(engine: Any) -> str:
+    """ "Q4_1+Q8_0 (exact)" for quantized layers, else the float dtype."""
+    parts = [w for m in engine.runner.model.modules() for _, w in getattr(m, "parts", [])]
+    if not parts:
+        return str(engine.runner.dtype).removeprefix("torch.")
+    kinds = "+".join(sorted({w.type_name for w in parts}))
+    return f"{kinds} ({engine.config.quantized_matmul})"
+
+
 async def timed_batch(engine, prompts: list[list[int]], ntg: int) -> dict[str, Any]:
     """Submit ``prompts`` together, stream them back, and time the two phases."""
     from candle_agents import GenerationParams
@@ -363,6 +372,8 @@ def child_main(spec: dict[str, Any]) -> None:
     result: dict[str, Any] = {
         "load_s": round(load_s, 2),
         "dtype": str(runner.dtype).removeprefix("torch."),
+        "weights": _weights_kind(engine),
+        "weight_mib": round(runner.weight_bytes / 2**20, 1),
         "kv_cache_tokens": engine.num_blocks * engine.config.block_size,
         "kv_cache_dtype": str(getattr(runner, "kv_buffer", torch.empty(0)).dtype).split(".")[-1],
         "attention_backend": runner.backend.name,
@@ -443,7 +454,8 @@ def report(name: str, entry: dict[str, Any]) -> str:
     lines += [
         "",
         f"Peak RSS: llama.cpp {fmt(rss_theirs, 0)} MiB, ours {fmt(ours['peak_rss_mib'], 0)} MiB, "
-        f"ratio {fmt(entry['ratios']['peak_rss'], 2)}. Ours: {ours['dtype']} weights, "
+        f"ratio {fmt(entry['ratios']['peak_rss'], 2)}. Ours: {ours['weights']} weights "
+        f"({ours['weight_mib']} MiB), "
         f"{ours['kv_cache_tokens']} KV tokens in {ours['kv_cache_dtype']}, "
         f"{ours['attention_backend']} attention, engine config {ours['engine_config']}.",
     ]
