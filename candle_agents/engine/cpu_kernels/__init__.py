@@ -366,8 +366,12 @@ def pool_shutdown() -> None:
         _lib.pool_shutdown()
 
 
-def _threads() -> int:
+def num_threads() -> int:
+    """The thread count the kernels use: torch's setting for the calling thread."""
     return torch.get_num_threads()
+
+
+_threads = num_threads
 
 
 # -- quantized matmuls ------------------------------------------------------------
@@ -533,11 +537,6 @@ def quant_dequant_rows(
     if rc != 0:
         raise ValueError(f"quant_dequant_rows: type {qtype} with K={k} is not supported")
     return out
-
-
-def num_threads() -> int:
-    """The thread count the kernels use: torch's setting for the calling thread."""
-    return torch.get_num_threads()
 
 
 def quant_gemm_raw(
