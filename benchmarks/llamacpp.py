@@ -112,6 +112,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--engine", action="append", default=[], metavar="KEY=VALUE", help="engine config"
     )
     parser.add_argument("--repeat", type=int, default=1, help="runs per side; best is reported")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for others' CPU load to drop",
+    )
     parser.add_argument("--json", default=None, help="write every figure to this file")
     parser.add_argument("--skip-llamacpp", action="store_true")
     parser.add_argument("--llamacpp-bin", default=None, help="folder of llama.cpp's binaries")
@@ -200,15 +207,47 @@ def llamacpp_version(bin_dir: Path) -> str:
 # -- child processes ------------------------------------------------------------------------
 
 
-def run_child(cmd: list[str], env: dict[str, str], capture_stderr: bool) -> tuple[int, float, str]:
-    """Run ``cmd``: its exit code, peak RSS in MiB (wait4's ru_maxrss) and output."""
+def cpu_pressure() -> tuple[float, int] | None:
+    """Linux PSI: the share of the last 10 s in which some task waited for a CPU (%), and
+    the running total of such waiting in microseconds; None where the kernel lacks PSI."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    fields = dict(f.split("=") for f in some[1:])
+    return float(fields["avg10"]), int(fields["total"])
+
+
+def wait_for_quiet(limit_s: float, threshold: float = 20.0) -> None:
+    """Wait up to ``limit_s`` for the CPU pressure of others' work to fall below threshold."""
+    deadline = time.monotonic() + limit_s
+    while (now := cpu_pressure()) is not None and now[0] >= threshold:
+        if time.monotonic() >= deadline:
+            print(f"  still busy (CPU pressure {now[0]:.0f}%): running anyway", file=sys.stderr)
+            return
+        time.sleep(5)
+
+
+def run_child(cmd: list[str], env: dict[str, str], capture_stderr: bool) -> dict[str, Any]:
+    """Run ``cmd``: its exit code, peak RSS in MiB (wait4's ru_maxrss), output, and the CPU
+    pressure during the run (% of its wall time in which some task waited for a CPU: the
+    run's own threads when they outnumber the cores, else other people's work)."""
+    before, start = cpu_pressure(), time.monotonic()
     with tempfile.TemporaryFile("w+") as out:
         err = out if capture_stderr else None  # else the child's progress goes to ours
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
-        return proc.returncode, usage.ru_maxrss / 1024, out.read()
+        output = out.read()
+    after, wall = cpu_pressure(), time.monotonic() - start
+    pressure = (after[1] - before[1]) / 1e6 / wall * 100 if before and after else None
+    return {
+        "code": proc.returncode,
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "output": output,
+        "cpu_pressure_pct": None if pressure is None else round(pressure, 1),
+    }
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -246,7 +285,8 @@ def parse_batched_bench(text: str) -> tuple[list[dict[str, float]], dict[str, st
 
 def run_llamacpp(bin_dir: Path, path: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = llamacpp_command(bin_dir, path, args)
-    code, rss, out = run_child(cmd, child_env(args.threads), capture_stderr=True)
+    done = run_child(cmd, child_env(args.threads), capture_stderr=True)
+    code, out = done["code"], done["output"]
     rows, settings = parse_batched_bench(out)
     if code != 0 or len(rows) != len(args.npl) + 1:
         raise RuntimeError(f"{' '.join(cmd)} failed ({code}):\n{out[-3000:]}")
@@ -254,7 +294,8 @@ def run_llamacpp(bin_dir: Path, path: Path, args: argparse.Namespace) -> dict[st
         "command": " ".join(cmd),
         "settings": settings,
         "npl": {str(r["npl"]): r for r in rows[1:]},
-        "peak_rss_mib": round(rss, 1),
+        "peak_rss_mib": done["peak_rss_mib"],
+        "cpu_pressure_pct": done["cpu_pressure_pct"],
     }
 
 
@@ -292,11 +333,18 @@ def run_ours(path: Path, args: argparse.Namespace, shape: dict[str, int]) -> dic
             "out": str(Path(tmp) / "ours.json"),
         }
         cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
-        code, rss, out = run_child(cmd, child_env(args.threads), capture_stderr=False)
-        if code != 0:
-            raise RuntimeError(f"our engine's run failed ({code}), see above:\n{out[-3000:]}")
+        done = run_child(cmd, child_env(args.threads), capture_stderr=False)
+        if done["code"] != 0:
+            raise RuntimeError(
+                f"our engine's run failed ({done['code']}), see above:\n{done['output'][-3000:]}"
+            )
         result = json.loads(Path(spec["out"]).read_text())
-    result.update(engine_config=config, kv_bytes_per_token=per_token, peak_rss_mib=round(rss, 1))
+    result.update(
+        engine_config=config,
+        kv_bytes_per_token=per_token,
+        peak_rss_mib=done["peak_rss_mib"],
+        cpu_pressure_pct=done["cpu_pressure_pct"],
+    )
     return result
 
 
@@ -415,6 +463,7 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Per npl, the best throughput of the runs; the highest peak RSS of the runs."""
     best = {**runs[-1], "npl": {}, "runs": len(runs)}
     best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
+    best["cpu_pressure_pct"] = [r.get("cpu_pressure_pct") for r in runs]
     for npl in runs[0]["npl"]:
         rows = [r["npl"][npl] for r in runs]
         best["npl"][npl] = {
@@ -459,8 +508,14 @@ def report(name: str, entry: dict[str, Any]) -> str:
         f"{ours['kv_cache_tokens']} KV tokens in {ours['kv_cache_dtype']}, "
         f"{ours['attention_backend']} attention, engine config {ours['engine_config']}.",
     ]
+    pressure = [f"ours {ours['cpu_pressure_pct']}"]
     if theirs:
+        pressure.insert(0, f"llama.cpp {theirs['cpu_pressure_pct']}")
         lines.append(f"llama.cpp: `{theirs['command']}`")
+    lines.append(
+        "CPU pressure per run (% of its time some task waited for a CPU; high means the "
+        f"figures are slowed by contention): {', '.join(pressure)}"
+    )
     return "\n".join(lines)
 
 
@@ -505,8 +560,10 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.repeat):
             print(f"{name}: run {i + 1}/{args.repeat}", file=sys.stderr)
             if not args.skip_llamacpp:
+                wait_for_quiet(args.quiet_wait)
                 their_runs.append(run_llamacpp(bin_dir, path, args))
                 progress("llama.cpp", their_runs[-1]["npl"])
+            wait_for_quiet(args.quiet_wait)
             ours_runs.append(run_ours(path, args, shape))
         ours = best_of(ours_runs)
         theirs = best_of(their_runs) if their_runs else None
