@@ -21,8 +21,10 @@ random prompts of npp tokens and generate ntg tokens for each, greedy, EOS ignor
              gen tok/s = npl*(ntg-1) / (that moment -> the last request's last token), i.e.
              ntg-1 decode steps, as the first token came from the prompt phase (where the
              prompts take several steps, the first ones already decode during the last).
-  Peak RSS   each side runs in its own child process; ru_maxrss from os.wait4 (includes the
-             resident pages of the memory-mapped GGUF on both sides).
+  Peak RSS   each side runs in its own child process, started from a small launcher (not
+             from this process, whose own peak a forked child's ru_maxrss would inherit);
+             ru_maxrss from os.wait4 (includes the resident pages of the memory-mapped GGUF
+             on both sides).
 
 Files: `default` (the embedded SmolLM2-135M Q4_1), `1b-q4_k_m` and `1b-q8_0`: a random-weight
 Llama-3.2-1B-shaped model, built on first use under ~/.cache/candle-agents/bench/ (transformers
@@ -56,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from childproc import run_child, wait_for_quiet
 from llamacpp_files import FILES, model_file, model_shape
 
 # The engine measured is the one beside this script (a worktree's), not an installed one:
@@ -207,49 +210,6 @@ def llamacpp_version(bin_dir: Path) -> str:
 # -- child processes ------------------------------------------------------------------------
 
 
-def cpu_pressure() -> tuple[float, int] | None:
-    """Linux PSI: the share of the last 10 s in which some task waited for a CPU (%), and
-    the running total of such waiting in microseconds; None where the kernel lacks PSI."""
-    try:
-        some = Path("/proc/pressure/cpu").read_text().splitlines()[0].split()
-    except (OSError, IndexError):
-        return None
-    fields = dict(f.split("=") for f in some[1:])
-    return float(fields["avg10"]), int(fields["total"])
-
-
-def wait_for_quiet(limit_s: float, threshold: float = 20.0) -> None:
-    """Wait up to ``limit_s`` for the CPU pressure of others' work to fall below threshold."""
-    deadline = time.monotonic() + limit_s
-    while (now := cpu_pressure()) is not None and now[0] >= threshold:
-        if time.monotonic() >= deadline:
-            print(f"  still busy (CPU pressure {now[0]:.0f}%): running anyway", file=sys.stderr)
-            return
-        time.sleep(5)
-
-
-def run_child(cmd: list[str], env: dict[str, str], capture_stderr: bool) -> dict[str, Any]:
-    """Run ``cmd``: its exit code, peak RSS in MiB (wait4's ru_maxrss), output, and the CPU
-    pressure during the run (% of its wall time in which some task waited for a CPU: the
-    run's own threads when they outnumber the cores, else other people's work)."""
-    before, start = cpu_pressure(), time.monotonic()
-    with tempfile.TemporaryFile("w+") as out:
-        err = out if capture_stderr else None  # else the child's progress goes to ours
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        out.seek(0)
-        output = out.read()
-    after, wall = cpu_pressure(), time.monotonic() - start
-    pressure = (after[1] - before[1]) / 1e6 / wall * 100 if before and after else None
-    return {
-        "code": proc.returncode,
-        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-        "output": output,
-        "cpu_pressure_pct": None if pressure is None else round(pressure, 1),
-    }
-
-
 def child_env(threads: int) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
@@ -296,6 +256,7 @@ def run_llamacpp(bin_dir: Path, path: Path, args: argparse.Namespace) -> dict[st
         "npl": {str(r["npl"]): r for r in rows[1:]},
         "peak_rss_mib": done["peak_rss_mib"],
         "cpu_pressure_pct": done["cpu_pressure_pct"],
+        "times_stopped": done["times_stopped"],
     }
 
 
@@ -344,6 +305,7 @@ def run_ours(path: Path, args: argparse.Namespace, shape: dict[str, int]) -> dic
         kv_bytes_per_token=per_token,
         peak_rss_mib=done["peak_rss_mib"],
         cpu_pressure_pct=done["cpu_pressure_pct"],
+        times_stopped=done["times_stopped"],
     )
     return result
 
@@ -464,6 +426,7 @@ def best_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     best = {**runs[-1], "npl": {}, "runs": len(runs)}
     best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
     best["cpu_pressure_pct"] = [r.get("cpu_pressure_pct") for r in runs]
+    best["times_stopped"] = [r.get("times_stopped") for r in runs]
     for npl in runs[0]["npl"]:
         rows = [r["npl"][npl] for r in runs]
         best["npl"][npl] = {
@@ -516,6 +479,9 @@ def report(name: str, entry: dict[str, Any]) -> str:
         "CPU pressure per run (% of its time some task waited for a CPU; high means the "
         f"figures are slowed by contention): {', '.join(pressure)}"
     )
+    stops = sum(ours["times_stopped"]) + (sum(theirs["times_stopped"]) if theirs else 0)
+    if stops:
+        lines.append(f"**{stops} run(s) were stopped (SIGSTOP) by someone: figures are off.**")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,16 @@ def test_llamacpp_benchmark_runs_in_smoke_mode(tmp_path):
     # As many KV tokens as llama.cpp's context (2 x 24) plus one block.
     assert ours["kv_cache_tokens"] == 2 * (16 + 8) + 16
     assert entry["ratios"]["npl"]["1"] == {"gen": None, "prompt": None}
+
+
+def test_child_peak_rss_and_stops_are_the_commands_own():
+    # A child forked from a large process would report that process's peak as its own.
+    bench = load_module()
+    ballast = b"\x01" * (300 * 2**20)  # this process's peak RSS is now > 300 MiB
+    script = "(sleep 1; kill -CONT $$) & kill -STOP $$; wait"  # stops itself once
+    done = bench.run_child(["bash", "-c", script], dict(os.environ), capture_stderr=True)
+    del ballast
+    assert done["code"] == 0 and done["times_stopped"] == 1
+    assert 0 < done["peak_rss_mib"] < 100
+    failed = bench.run_child(["bash", "-c", "echo oops >&2; exit 3"], dict(os.environ), True)
+    assert failed["code"] == 3 and failed["output"] == "oops\n"
