@@ -12,6 +12,7 @@ import torch
 from candle_agents.engine.attention import AttentionMetadata, get_backend
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.cuda_graph import CudaGraph, DecodeGraphs
+from candle_agents.engine.decode_stack import DecodeStack
 from candle_agents.engine.layers.decoder import ForwardContext
 from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
@@ -92,6 +93,10 @@ class ModelRunner:
         # Any single sequence must fit in the cache alone, or it could never finish.
         self.max_model_len = min(self.max_model_len, self.num_blocks * self.block_size)
         self.model.init_rotary(self.max_model_len + 1, self.device)
+        # Decode-only steps on the CPU backend: all layers in one C call.
+        self.decode_stack: DecodeStack | None = None
+        if self.backend.name == "cpu" and self.dtype == torch.float32:
+            self.decode_stack = DecodeStack.build(self.model, self.kv_caches, self.block_size)
         self.graphs: DecodeGraphs | None = None
         if config.enable_cuda_graph:
             if self.device.type == "cuda" and self.backend.name == "triton":
@@ -234,6 +239,7 @@ class ModelRunner:
     def release(self) -> None:
         """Drop the KV cache and the captured graphs: the engine has stopped."""
         self.graphs = None
+        self.decode_stack = None  # it points into the cache
         self.kv_caches = []
         self.kv_buffer = None
         if self.device.type == "cuda":
@@ -298,6 +304,10 @@ class ModelRunner:
         nd = batch.num_decodes
         if self.graphs is not None and nd == len(batch.seqs) and nd <= self.graphs.max_batch:
             x, residual = self.graphs.run(ids_t, pos_t, slots, seq_lens_t, tables_t)
+            return self.model.logits(x, residual, rows_t, self.backend.ops), sampling
+        stack = self.decode_stack
+        if stack is not None and nd == len(batch.seqs) and nd <= stack.max_rows:
+            x, residual = stack.run(ids_t, pos_t, slots, tables_t, seq_lens_t)
             return self.model.logits(x, residual, rows_t, self.backend.ops), sampling
         meta = AttentionMetadata(
             num_decodes=nd,

@@ -141,6 +141,9 @@ def _open(path: Path) -> bool:
         "quant_supported": (i32, [i32, i32]),
         "quant_gemm": (i32, [i32, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, i32, i32]),
         "quant_dequant_rows": (i32, [i32, ptr, i64, ptr, i64, ptr, i64, i32]),
+        "store_kv": (None, [ptr, i64, ptr, i64, ptr, ptr, i32, ptr, i64, i32, i32, i32]),
+        "decode_stack_scratch": (i64, [ptr, i64]),
+        "decode_stack": (i32, [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32]),
     }
     for name, (restype, argtypes) in signatures.items():
         fn = getattr(lib, name)
@@ -179,7 +182,7 @@ def _try_build(compiler: str, root: Path) -> bool:
 
 
 # kernels.c's cache element types
-_CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+CACHE_TYPES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 
 
 def paged_decode_attention(
@@ -201,7 +204,7 @@ def paged_decode_attention(
     q = q.float().contiguous()
     batch, heads, head_dim = q.shape
     _, kv_heads, block_size, _ = k_cache.shape
-    if k_cache.dtype not in _CACHE_TYPES or v_cache.dtype != k_cache.dtype:
+    if k_cache.dtype not in CACHE_TYPES or v_cache.dtype != k_cache.dtype:
         raise ValueError(f"paged_decode_attention: unsupported cache dtype {k_cache.dtype}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("paged_decode_attention: caches must be contiguous")
@@ -217,7 +220,7 @@ def paged_decode_attention(
         q.data_ptr(),
         k_cache.data_ptr(),
         v_cache.data_ptr(),
-        _CACHE_TYPES[k_cache.dtype],
+        CACHE_TYPES[k_cache.dtype],
         tables.data_ptr(),
         tables.shape[1],
         lens.data_ptr(),
@@ -233,6 +236,33 @@ def paged_decode_attention(
     if rc != 0:
         raise MemoryError("paged_decode_attention: out of memory for attention scores")
     return out
+
+
+def store_kv(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """Write token i's ``key``/``value`` [tokens, kv_heads, head_dim] (float32, heads
+    contiguous in a row, rows may be strided) to cache slot ``slots[i]`` (int64,
+    contiguous), rounded to nearest even where the cache is 16-bit, as torch does."""
+    _, kv_heads, block_size, head_dim = k_cache.shape
+    _lib.store_kv(
+        key.data_ptr(),
+        key.stride(0),
+        value.data_ptr(),
+        value.stride(0),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        CACHE_TYPES[k_cache.dtype],
+        slots.data_ptr(),
+        slots.shape[0],
+        kv_heads,
+        head_dim,
+        block_size,
+    )
 
 
 # -- fused float32 elementwise ops (callers check dtype, device and layout) --------
@@ -557,3 +587,16 @@ def quant_gemm_raw(
     weights once at load (a decode step makes hundreds of these calls)."""
     if _lib.quant_gemm(qtype, w_ptr, n, k, x_ptr, m, ldx, bias_ptr, out_ptr, ldo, fast, threads):
         raise ValueError(f"quant_gemm: type {qtype} with K={k} is not supported")
+
+
+# -- a whole decode step (engine/decode_stack.py describes the model) -------------
+
+
+def decode_stack_scratch(model_ref, m: int) -> int:
+    """Bytes of scratch a ``decode_stack`` step of ``m`` rows needs."""
+    return _lib.decode_stack_scratch(model_ref, m)
+
+
+def decode_stack(model_ref, m: int, *pointers_and_sizes) -> int:
+    """Every layer of one decode step (``decode_stack.c``); 0, or -1 out of memory."""
+    return _lib.decode_stack(model_ref, m, *pointers_and_sizes)

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels.h"
 #include "pool.h"
 
 #define MAX_HEAD_DIM 256
@@ -42,9 +43,6 @@ static inline float f16_to_f32(uint16_t h) {
     memcpy(&f, &u, sizeof f);
     return f;
 }
-
-/* Cache element types (`ctype`): float32, bfloat16, float16. */
-enum { CACHE_F32 = 0, CACHE_BF16 = 1, CACHE_F16 = 2 };
 
 /* Row `i` of a cache as float32: the row itself, or `buf` filled from 16-bit values. */
 static inline const float *cache_row(const void *cache, int64_t off, int ctype, int d,
@@ -498,6 +496,7 @@ static void decode_group_v512(const float *q, const void *kc, const void *vc, in
 
 typedef struct {
     const float *q;
+    int64_t q_stride; /* floats between two sequences' query rows */
     const void *k_cache, *v_cache;
     int ctype;
     const int64_t *tables;
@@ -516,12 +515,13 @@ static void attn_task(void *p, int64_t task) {
     int kv_heads = a->kv_heads, d = a->d, bs = a->bs, g = a->heads / kv_heads;
     int64_t s = task / kv_heads, kvh = task % kv_heads;
     int64_t row = (s * a->heads + kvh * g) * d;
+    const float *q = a->q + s * a->q_stride + kvh * g * d;
     int64_t block_stride = (int64_t)kv_heads * bs * d, head_off = kvh * bs * d;
     const int64_t *table = a->tables + s * a->table_stride;
     int64_t len = a->seq_lens[s];
 #if defined(__AVX512F__)
     if (d % 16 == 0 && d <= 16 * C_MAX) {
-        decode_group_v512(a->q + row, a->k_cache, a->v_cache, a->ctype, table, len,
+        decode_group_v512(q, a->k_cache, a->v_cache, a->ctype, table, len,
                           block_stride, head_off, bs, d, g, a->scale, a->out + row);
         return;
     }
@@ -531,7 +531,7 @@ static void attn_task(void *p, int64_t task) {
         atomic_store_explicit(&a->failed, 1, memory_order_relaxed);
         return;
     }
-    decode_group(a->q + row, a->k_cache, a->v_cache, a->ctype, table, len, block_stride,
+    decode_group(q, a->k_cache, a->v_cache, a->ctype, table, len, block_stride,
                  head_off, bs, d, g, a->scale, scores, a->out + row);
     free(scores);
 }
@@ -543,8 +543,19 @@ int paged_decode_attention(const float *q, const void *k_cache, const void *v_ca
                            int ctype, const int64_t *tables, int64_t table_stride,
                            const int64_t *seq_lens, float *out, int batch, int heads,
                            int kv_heads, int d, int bs, float scale, int threads) {
-    attn_args a = {q,    k_cache,  v_cache, ctype, tables, table_stride, seq_lens,
-                   out,  heads,    kv_heads, d,      bs,     scale,        0};
+    return decode_attention(q, (int64_t)heads * d, k_cache, v_cache, ctype, tables,
+                            table_stride, seq_lens, out, batch, heads, kv_heads, d, bs, scale,
+                            threads);
+}
+
+/* As paged_decode_attention, with query rows q_stride floats apart (the Q
+ * columns of a fused QKV output). */
+int decode_attention(const float *q, int64_t q_stride, const void *k_cache, const void *v_cache,
+                     int ctype, const int64_t *tables, int64_t table_stride,
+                     const int64_t *seq_lens, float *out, int batch, int heads, int kv_heads,
+                     int d, int bs, float scale, int threads) {
+    attn_args a = {q,   q_stride, k_cache,  v_cache, ctype, tables, table_stride, seq_lens,
+                   out, heads,    kv_heads, d,       bs,    scale,  0};
     pool_run(attn_task, &a, (int64_t)batch * kv_heads, threads);
     return atomic_load(&a.failed) ? -1 : 0;
 }

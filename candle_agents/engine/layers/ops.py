@@ -60,8 +60,11 @@ def _fits(t: torch.Tensor) -> bool:
 
 class CpuKernelOps(TorchOps):
     def rms_norm(self, x, weight, eps):
-        if _fits(x) and _fits(weight):
-            return cpu_kernels.rms_norm(x, weight, eps)
+        # Heads sliced out of a QKV row (QK-norm) are copied: the C kernel, not
+        # torch's reduction order, is what the C decode step computes too.
+        rows_contiguous = x.stride(-1) == 1 and x.device.type == "cpu"
+        if rows_contiguous and x.dtype == torch.float32 and _fits(weight):
+            return cpu_kernels.rms_norm(x.contiguous(), weight, eps)
         return super().rms_norm(x, weight, eps)
 
     def add_rms_norm(self, x, residual, weight, eps):
@@ -79,8 +82,8 @@ class CpuKernelOps(TorchOps):
         if (
             q.dtype == k.dtype == cos.dtype == torch.float32
             and q.device.type == "cpu"
-            and _rows_of_heads(q)
-            and _rows_of_heads(k)
+            and rows_of_heads(q)
+            and rows_of_heads(k)
             and cos.is_contiguous()
             and sin.is_contiguous()
             and positions.dtype == torch.int64
@@ -92,6 +95,6 @@ class CpuKernelOps(TorchOps):
         return super().rotary(q, k, cos, sin, positions)
 
 
-def _rows_of_heads(x: torch.Tensor) -> bool:
-    # [T, H, D] whose heads are contiguous within a row (rows may be strided).
+def rows_of_heads(x: torch.Tensor) -> bool:
+    """[T, H, D] whose heads are contiguous within a row (rows may be strided)."""
     return x.stride(2) == 1 and x.stride(1) == x.shape[2]
