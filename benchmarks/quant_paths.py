@@ -2,7 +2,9 @@
 
 Paths: ``dequantize`` (weights dequantized to float32 at load: the reference),
 ``exact`` (blocks kept, dequantized in registers, float32 sums) and ``int8``
-(activations quantized per block, integer dot products, as llama.cpp does).
+(activations quantized per block, integer dot products, as llama.cpp does;
+prompts in bfloat16 where the CPU is fast at it), each with a float32 and a
+float16 KV cache (the default of exact and of int8 respectively).
 
 Fidelity against the reference, on chat prompts:
 - first greedy divergence: the step where a path's greedy tokens first differ
@@ -33,8 +35,18 @@ from candle_agents.engine import cpu_kernels
 PATHS = {
     "dequantize": {"dequantize": True},
     "exact": {"quantized_matmul": "exact"},
-    "int8": {"quantized_matmul": "int8"},
+    "exact, float16 KV": {"quantized_matmul": "exact", "kv_cache_dtype": "float16"},
+    "int8, float32 KV": {"quantized_matmul": "int8", "kv_cache_dtype": "float32"},
+    "int8": {"quantized_matmul": "int8"},  # float16 KV, bfloat16 prompts
 }
+# Long enough that every prompt is prefilled as one prompt-sized matmul (64+ rows:
+# bfloat16 on the int8 path where the CPU is fast at it).
+SYSTEM = (
+    "You are a concise, friendly assistant. Answer in plain words, in one or two "
+    "sentences, without lists or headings. If a question is about computers, give "
+    "one concrete example; if it asks for a poem, keep to the form it names; if it "
+    "is unclear, answer the most likely reading."
+)
 QUESTIONS = [
     "What is a cache?",
     "Why is the sky blue? Answer in one sentence.",
@@ -133,7 +145,9 @@ def main() -> None:
 
     any_engine = engines["exact"]
     prompts = [
-        any_engine.apply_chat_template([{"role": "user", "content": q}], tokenize=True)
+        any_engine.apply_chat_template(
+            [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}], tokenize=True
+        )
         for q in QUESTIONS[: args.prompts]
     ]
     result = {"model": args.model or "default", "fidelity": fidelity(engines, prompts, args.steps)}

@@ -41,13 +41,14 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
         "--quantized-matmul",
         choices=("exact", "int8"),
         default=None,
-        help="exact: float32 sums; int8: int8 activations and integer dot products",
+        help="exact (default): float32 sums, outputs as with float32 weights; "
+        "int8: llama.cpp's numerics and speed (int8 activations, bfloat16 prompts)",
     )
     q.add_argument(
         "--kv-cache-dtype",
         choices=("auto", "float32", "bfloat16", "float16"),
         default=None,
-        help="KV cache element type (auto: the model's dtype)",
+        help="KV cache element type (auto: the model's dtype; float16 on the int8 path)",
     )
 
 

@@ -101,7 +101,7 @@ def test_every_arch_matches_the_per_layer_path(arch, tiny_model_dir, weights, kv
     [
         ("qwen3-h256-Q4_K_M", {}),  # QK-norm; Q4_K and Q6_K parts in one QKV matrix
         ("qwen2-h256-Q4_K_M", {"kv_cache_dtype": "bfloat16"}),  # QKV bias
-        ("llama-h256-Q4_K_M", {"quantized_matmul": "int8"}),
+        ("llama-h256-Q4_K_M", {"quantized_matmul": "int8"}),  # and a float16 cache
         ("llama-h64-Q4_K_M", {}),  # Q5_0 / Q8_0 fallbacks for rows of 64
     ],
 )

@@ -1,8 +1,8 @@
 """Real-format quantized GGUF files (written by llama.cpp's own tools, tests/data/gguf/):
 our loader, tokenizer and greedy output against transformers loading the same file.
 
-The engine's default configuration is used, so this checks whatever path it takes for
-quantized weights (dequantized to float32, or kept quantized with C kernels).
+The engine runs the files' blocks on its exact kernels (float32 sums), which agree with
+transformers' dequantized float32 weights to rounding.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def test_tokenizer_matches_transformers(stem: str) -> None:
 def test_greedy_matches_transformers(stem: str) -> None:
     path = DATA / f"{stem}.gguf"
     ref = Reference(DATA, gguf_file=path.name)
-    with engine_for(path) as engine:
+    with engine_for(path, quantized_matmul="exact") as engine:
         # The engine runs the file's own block types (exact kernels), holding no
         # more than the file's tensor bytes.
         held = {

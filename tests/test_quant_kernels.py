@@ -136,6 +136,15 @@ def test_dequant_rows_bit_exact(qtype):
     got = cpu_kernels.quant_dequant_rows(data, qtype, k, rows, out=out)
     assert got.data_ptr() == out.data_ptr()
     assert torch.equal(got, w[rows])
+    check_dequant_bf16(data, qtype, w)
+
+
+def check_dequant_bf16(data, qtype, w) -> None:
+    """The bfloat16 form of the rows (prompt-sized matmuls): rounded as torch rounds."""
+    n, k = w.shape
+    out = torch.full((n, k + 5), float("nan"), dtype=torch.bfloat16)[:, 2 : k + 2]
+    cpu_kernels.quant_dequant_rows_bf16(data, qtype, k, out)
+    assert torch.equal(out, w.to(torch.bfloat16)), qtype.name
 
 
 def test_unaligned_rows_and_zero_sizes():
@@ -244,6 +253,7 @@ def reduced_check() -> None:
         k = k_values(qtype)[1]
         data, w = random_weight(qtype, 20, k)
         assert torch.equal(cpu_kernels.quant_dequant_rows(data, qtype, k), w), qtype.name
+        check_dequant_bf16(data, qtype, w)
     test_quantize_act_q8_32_matches_reference()
     test_quantize_act_q8_256_matches_reference()
     print("reduced check passed")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import shutil
 
 import pytest
+import torch
+import torch.nn.functional as F
 from checks import assert_all_blocks_free
 from gguf import GGUFReader
 from safetensors.torch import load_file, save_file
@@ -70,7 +72,7 @@ def qref(arch, tiny_model_dir, tmp_path_factory):
 
 
 def quantized_engine(path, **overrides) -> Engine:
-    engine = engine_for(path, quantize="q8_0", **overrides)
+    engine = engine_for(path, quantize="q8_0", **{"quantized_matmul": "exact", **overrides})
     assert isinstance(engine.runner.model.layers[0].mlp.down_proj, QuantLinear)
     return engine
 
@@ -123,10 +125,42 @@ def test_int8_activations_run_every_scenario_and_free_their_blocks(tiny_model_di
         tiny_model_dir("llama"), quantized_matmul="int8", max_num_batched_tokens=64
     ) as engine:
         assert engine.runner.model.layers[0].mlp.down_proj.int8_activations
+        assert engine.runner.kv_dtype == torch.float16  # "auto" on the int8 path
         prompts = make_prompts(8, engine.runner.model.vocab_size, seed=9)
         results = engine.generate(prompts, GREEDY)
         assert all(len(r.token_ids) == GREEDY.max_tokens for r in results)
         assert_all_blocks_free(engine)
+
+
+def test_exact_is_the_default_and_int8_takes_a_float16_cache():
+    with Engine.from_pretrained(kv_cache_memory=16 * 2**20) as engine:
+        assert not engine.runner.model.lm_head.int8_activations
+        assert engine.runner.kv_dtype == torch.float32
+    with Engine.from_pretrained(kv_cache_memory=16 * 2**20, quantized_matmul="int8") as engine:
+        assert engine.runner.model.lm_head.int8_activations
+        assert engine.runner.kv_dtype == torch.float16  # as llama.cpp's default
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+def test_int8_path_prefills_in_bfloat16(parts):
+    # Prompt-sized matmuls on the int8 path: the dequantized weights and the rows
+    # rounded to bfloat16, one GEMM (one per part where parts are not merged, as
+    # parts of two types), float32 out, bias added after.
+    torch.manual_seed(0)
+    w = torch.randn(96, 64)
+    layer = QuantLinear(64, 96, bias=True, int8_activations=True)
+    for start in range(0, 96, 96 // parts):
+        layer.load_rows(start, quantize_matrix(w[start : start + 96 // parts], 8))  # Q8_0
+    layer.bias.copy_(torch.randn(96))
+    layer.prepare()
+    layer.prefill_dtype = torch.bfloat16
+    x = torch.randn(100, 64)
+    deq = layer.dequantized()
+    want = F.linear(x.bfloat16(), deq.bfloat16()).float() + layer.bias
+    assert torch.equal(layer(x), want)
+    # and within bfloat16's rounding of the float32 result
+    exact = F.linear(x, deq, layer.bias)
+    assert (layer(x) - exact).norm() / exact.norm() < 1e-2
 
 
 def test_dequantize_keeps_float_weights():
@@ -175,7 +209,9 @@ def test_in_situ_q4_k_on_rows_of_whole_super_blocks(tmp_path):
     # Hidden 256: Q4_K holds every matrix (none falls back to Q8_0).
     src = build_tiny_model("llama", tmp_path, name="h256", hidden_size=256, intermediate_size=512)
     ref = Reference(fake_quantized(src, tmp_path / "fake", QUANTIZE_TYPES["q4_k"]))
-    with engine_for(src, quantize="q4_k", max_num_batched_tokens=96) as engine:
+    with engine_for(
+        src, quantize="q4_k", quantized_matmul="exact", max_num_batched_tokens=96
+    ) as engine:
         types = {
             w.type_name for m in engine.runner.model.modules() for _, w in getattr(m, "parts", [])
         }

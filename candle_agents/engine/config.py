@@ -36,10 +36,13 @@ class EngineConfig:
     on C kernels; ``dequantize=True`` dequantizes them at load instead (the
     reference path, and what CUDA does). ``quantize`` ("q8_0", "q4_k")
     quantizes a float checkpoint's layers at load. ``quantized_matmul``
-    "exact" dequantizes weights in registers and sums in float32 (agrees with
-    float matmuls to rounding); "int8" quantizes activations per block and uses
-    integer dot products, as llama.cpp does. ``kv_cache_dtype`` "auto" follows
-    ``dtype``; float16 or bfloat16 halve the KV cache.
+    "exact" (the default) dequantizes weights in registers and sums in
+    float32, agreeing with float matmuls to rounding, so outputs match
+    transformers'; "int8" has llama.cpp's numerics and speed: decode-sized
+    matmuls quantize activations per block and use integer dot products,
+    prompt-sized ones run in bfloat16 where the CPU is fast at it.
+    ``kv_cache_dtype`` "auto" follows ``dtype``, except float16 (as llama.cpp)
+    for quantized weights on the int8 path; float16 or bfloat16 halve the cache.
     """
 
     model: str | None = None

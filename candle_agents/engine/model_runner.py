@@ -75,11 +75,10 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.kv_dtype = (
-            self.dtype if config.kv_cache_dtype == "auto" else _DTYPES[config.kv_cache_dtype]
-        )
         self.model_config = checkpoint.config
+        self.quantized = False  # set by _load
         self.model = self._load(checkpoint)
+        self.kv_dtype = self._kv_dtype()
         self.block_size = config.block_size
         self.backend = get_backend(
             config.attention_backend,
@@ -144,11 +143,22 @@ class ModelRunner:
             model.load_weights(weights)
         if plan is not None:
             finish_quantized(model, plan)
+            self.quantized = True
         if self.device.type == "cpu" and self._room_for_packed_copy(model):
             pack_linears(model)
         self.weight_bytes = weight_bytes(model)
         logger.info("model weights: %.1f MiB", self.weight_bytes / 2**20)
         return model.eval()
+
+    def _kv_dtype(self) -> torch.dtype:
+        name = self.config.kv_cache_dtype
+        if name != "auto":
+            return _DTYPES[name]
+        if self.quantized and self.config.quantized_matmul == "int8":
+            # llama.cpp's default too: half the cache, and its rounding (2^-11
+            # relative) is far below what int8 activations already move.
+            return torch.float16
+        return self.dtype
 
     def _room_for_packed_copy(self, model: torch.nn.Module) -> bool:
         # Packed weights are a second copy: only worth it while memory is plentiful.

@@ -142,6 +142,7 @@ def _open(path: Path) -> bool:
         "quant_gemm": (i32, [i32, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, i32, i32]),
         "quant_dequant_rows": (i32, [i32, ptr, i64, ptr, i64, ptr, i64, i32]),
         "store_kv": (None, [ptr, i64, ptr, i64, ptr, ptr, i32, ptr, i64, i32, i32, i32]),
+        "quant_dequant_rows_bf16": (i32, [i32, ptr, i64, i64, ptr, i64, i32]),
         "decode_stack_scratch": (i64, [ptr, i64]),
         "decode_stack": (i32, [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32]),
     }
@@ -567,6 +568,22 @@ def quant_dequant_rows(
     if rc != 0:
         raise ValueError(f"quant_dequant_rows: type {qtype} with K={k} is not supported")
     return out
+
+
+def quant_dequant_rows_bf16(weight: torch.Tensor, qtype: int, k: int, out: torch.Tensor) -> None:
+    """Every row of ``weight`` into ``out`` (bfloat16 [rows, k], rows any stride apart):
+    dequantized as ``quant_dequant_rows`` does, then rounded to nearest even."""
+    lib = _require()
+    n = weight.shape[0]
+    if weight.shape[1] != _row_bytes(qtype, k, "quant_dequant_rows_bf16"):
+        raise ValueError(f"quant_dequant_rows_bf16: rows of {weight.shape[1]} bytes for K={k}")
+    if out.dtype != torch.bfloat16 or out.shape != (n, k) or (k > 1 and out.stride(1) != 1):
+        raise ValueError(f"quant_dequant_rows_bf16: out must be bfloat16 [{n}, {k}]")
+    rc = lib.quant_dequant_rows_bf16(
+        int(qtype), weight.data_ptr(), k, n, out.data_ptr(), out.stride(0), num_threads()
+    )
+    if rc != 0:
+        raise ValueError(f"quant_dequant_rows_bf16: type {qtype} with K={k} is not supported")
 
 
 def quant_gemm_raw(

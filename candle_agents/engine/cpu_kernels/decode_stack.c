@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "convert.h"
 #include "kernels.h"
 
 #define STACK_MAX_PARTS 4
@@ -60,36 +61,6 @@ static void linear(const stack_linear *l, const float *x, int64_t M, float *out,
         quant_gemm(p->qtype, p->w, p->rows, l->in, x, M, l->in, p->bias, out + p->col, l->out,
                    l->fast, threads);
     }
-}
-
-/* float32 to IEEE half, round to nearest even (as torch's .to(float16)). */
-static inline uint16_t f32_to_f16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
-    uint32_t ax = x & 0x7FFFFFFFu;
-    if (ax > 0x7F800000u) return sign | 0x7E00u; /* NaN */
-    int32_t e = (int32_t)(ax >> 23) - 112;      /* the half's biased exponent */
-    if (e >= 31) return sign | 0x7C00u;         /* 2^16 and up: infinity */
-    if (e <= 0) {                               /* a half subnormal, or zero */
-        if (e < -10) return sign;
-        uint32_t m = (ax & 0x7FFFFFu) | 0x800000u;
-        int shift = 14 - e;
-        uint32_t h = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
-        if (rem > half || (rem == half && (h & 1u))) h++;
-        return sign | (uint16_t)h;
-    }
-    uint32_t h = ((uint32_t)e << 10) | ((ax >> 13) & 0x3FFu), rem = ax & 0x1FFFu;
-    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++; /* a carry may reach infinity */
-    return sign | (uint16_t)h;
-}
-
-/* float32 to bfloat16, round to nearest even (as torch's .to(bfloat16)). */
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return 0x7FC0u;
-    return (uint16_t)((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
 }
 
 static void store_row(void *cache, int ctype, int64_t row, const float *src, int d) {

@@ -37,7 +37,11 @@ class LlamaForCausalLM(nn.Module):
         self.num_layers = int(config["num_hidden_layers"])
         self.vocab_size = int(config["vocab_size"])
         self.tie_word_embeddings = bool(config.get("tie_word_embeddings", False))
-        self.embed_tokens = nn.Embedding(self.vocab_size, self.spec.hidden_size)
+        # An explicit weight skips nn.Embedding's random init: on the meta device
+        # that init goes through torch._refs, which imports torch._dynamo, triton
+        # and sympy (85 MiB of resident memory, for nothing).
+        shape = (self.vocab_size, self.spec.hidden_size)
+        self.embed_tokens = nn.Embedding(*shape, _weight=torch.empty(shape))
         self.layers = nn.ModuleList(DecoderLayer(self.spec, i) for i in range(self.num_layers))
         self.norm = RMSNorm(self.spec.hidden_size, self.spec.rms_norm_eps)
         self.lm_head = nn.Linear(self.spec.hidden_size, self.vocab_size, bias=False)
