@@ -13,7 +13,8 @@ random prompts of npp tokens and generate ntg tokens for each, greedy, EOS ignor
              KV cache in float16, flash attention "auto" (on, on CPU), n_batch 2048.
   ours       Engine.from_pretrained(FILE, max_num_seqs=32, kv_cache_memory=<the same number
              of tokens as llama.cpp's context>, --engine overrides, defaults otherwise: GGUF
-             blocks kept, exact kernels, float32 KV on CPU, 2048 tokens a step); one warm-up
+             blocks kept, exact kernels, float32 KV on CPU (float16 with --engine
+             quantized_matmul=int8), 2048 tokens a step); one warm-up
              request (npp prompt, ntg new tokens, untimed), then per npl all prompts submitted
              at once with `engine.stream` and timed as they stream back:
              prompt tok/s = npl*npp / (submit -> the last request's first token), which covers
@@ -263,9 +264,11 @@ def run_llamacpp(bin_dir: Path, path: Path, args: argparse.Namespace) -> dict[st
 def engine_config(args: argparse.Namespace, shape: dict[str, int]) -> tuple[dict, int]:
     """Our engine's config: as much KV cache, in tokens, as llama.cpp's context."""
     opts = args.engine
+    # The engine's CPU default: float16 on the int8 path, else float32 (ModelRunner._kv_dtype).
+    int8 = opts.get("quantized_matmul") == "int8" and not opts.get("dequantize")
     kv_dtype = next(
         (opts[k] for k in ("kv_cache_dtype", "dtype") if opts.get(k) not in (None, "auto")),
-        "float32",  # the engine's CPU default
+        "float16" if int8 else "float32",
     )
     per_token = (
         2

@@ -7,7 +7,8 @@ Three loads, EOS ignored, useful tokens only (the tokens each request asked for)
   mixed   64 requests, prompts of 32-256 tokens, 16-256 new tokens
           (transformers: static batches of 32, left-padded, each run to its longest member)
 
-    python benchmarks/throughput.py                       # default model, float32
+    python benchmarks/throughput.py                       # default model (GGUF blocks, exact)
+    python benchmarks/throughput.py --dequantize          # float32 weights (dequantized at load)
     python benchmarks/throughput.py --dtype bfloat16
     python benchmarks/throughput.py --model PATH --loads single,equal
 
@@ -114,12 +115,21 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--loads", default="single,equal,mixed")
     parser.add_argument("--json", default=None)
+    parser.add_argument(
+        "--dequantize",
+        action="store_true",
+        help="GGUF weights dequantized at load (the float32 path; default: kept quantized)",
+    )
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
 
     engine = Engine.from_pretrained(
-        args.model, dtype=args.dtype, max_num_seqs=64, max_num_batched_tokens=2048
+        args.model,
+        dtype=args.dtype,
+        max_num_seqs=64,
+        max_num_batched_tokens=2048,
+        dequantize=args.dequantize,
     )
     reference = load_reference(args.model, dtype).eval()
     pad_id = engine.tokenizer.eos_token_id or 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 
 import torch
 import torch.nn.functional as F
@@ -51,20 +50,14 @@ def _scratch(rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.
 
 @functools.cache
 def bf16_matmul_pays() -> bool:
-    """Whether torch multiplies prompt-sized bfloat16 matrices at least twice as fast
-    as float32 on this CPU (timed once: CPUs without bfloat16 units emulate it slowly)."""
-
-    def best(x: torch.Tensor, w: torch.Tensor) -> float:
-        times = []
-        for _ in range(4):
-            start = time.perf_counter()
-            F.linear(x, w)
-            times.append(time.perf_counter() - start)
-        return min(times[1:])
-
-    x, w = torch.randn(256, 1024), torch.randn(1024, 1024)
+    """Whether this CPU multiplies bfloat16 matrices in hardware (AVX512-BF16, and AMX
+    on the CPUs that have it): torch's GEMM then runs 3-5x faster in bfloat16 than
+    in float32 at prompt sizes (measured on a 2-vCPU Xeon with AMX). Elsewhere
+    bfloat16 is emulated, slower than float32. A CPU flag, not a timing: timed
+    probes at load read 1.5x under other load and 4x on a quiet machine."""
+    probe = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
     try:
-        return 2 * best(x.bfloat16(), w.bfloat16()) < best(x, w)
+        return bool(probe and probe())
     except RuntimeError:
         return False
 
