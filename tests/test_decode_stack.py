@@ -10,6 +10,9 @@ The per-layer path itself is checked against transformers elsewhere
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,44 @@ def test_the_default_model_decodes_in_one_call_and_release_drops_it():
     assert_same_steps(engine, prompts)
     engine.shutdown()
     assert runner.decode_stack is None  # it points into the cache, which is gone
+
+
+def run_isa_check(model_dir: str) -> None:
+    """The stack against the per-layer path on this process's kernel build (run per ISA
+    below: the C step itself has no ISA code, but every kernel it calls does)."""
+    assert cpu_kernels.available(), "the kernels did not build"
+    for kv in ("float32", "float16"):
+        with engine_for(model_dir, quantize="q8_0", kv_cache_dtype=kv) as engine:
+            vocab = engine.runner.model.vocab_size
+            assert_same_steps(engine, make_prompts(3, vocab, seed=2, lengths=[16, 17, 5]))
+    print("decode stack checks passed")
+
+
+@pytest.mark.parametrize("isa", ["avx2", "generic"])
+def test_other_isa_builds(isa, tiny_model_dir):
+    import platform
+
+    if platform.machine() != "x86_64":
+        pytest.skip("ISA levels are x86 only")
+    tests = Path(__file__).parent
+    code = (
+        "import importlib.util, sys\n"
+        f"sys.path.insert(0, {str(tests)!r})\n"
+        f"spec = importlib.util.spec_from_file_location('tds', {str(Path(__file__))!r})\n"
+        "mod = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(mod)\n"
+        f"mod.run_isa_check({str(tiny_model_dir('llama'))!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "CANDLE_AGENTS_CPU_ISA": isa},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tests.parent,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert "decode stack checks passed" in done.stdout
 
 
 SPECIAL = [
