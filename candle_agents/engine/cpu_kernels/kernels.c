@@ -117,22 +117,10 @@ static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
     _mm512_storeu_ps(o, _mm512_mul_ps(s, _mm512_loadu_ps(u)));
 }
 #elif defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
 #define LANES 8
-#define V256_MADD(p, r, c) _mm256_fmadd_ps(p, r, _mm256_set1_ps(c))
 static inline void silu_mul_lanes(const float *g, const float *u, float *o) {
     __m256 gv = _mm256_loadu_ps(g);
-    __m256 x = _mm256_sub_ps(_mm256_setzero_ps(), gv);
-    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(EXP_HI)), _mm256_set1_ps(EXP_LO));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
-    EXP_POLY(p, r, V256_MADD);
-    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
-                                                      _mm256_set1_epi32(127)), 23);
-    __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+    __m256 e = exp_v256(_mm256_sub_ps(_mm256_setzero_ps(), gv));
     __m256 s = _mm256_div_ps(gv, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
     _mm256_storeu_ps(o, _mm256_mul_ps(s, _mm256_loadu_ps(u)));
 }

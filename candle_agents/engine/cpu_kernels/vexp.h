@@ -1,8 +1,9 @@
-/* exp(x) in float32, scalar and 16 lanes (kernels.c's SiLU, attention.c's softmax). */
+/* exp(x) in float32, scalar, 16 lanes and 8 lanes (kernels.c's SiLU, attention.c's
+ * softmax). */
 #ifndef CANDLE_VEXP_H
 #define CANDLE_VEXP_H
 #include <math.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -44,6 +45,21 @@ static inline __m512 exp_v512(__m512 x) {
     __m512 p = _mm512_set1_ps(1.0f / 720.0f);
     EXP_POLY(p, r, V512_MADD);
     return _mm512_scalef_ps(p, n);
+}
+#elif defined(__AVX2__) && defined(__FMA__)
+#define V256_MADD(p, r, c) _mm256_fmadd_ps(p, r, _mm256_set1_ps(c))
+static inline __m256 exp_v256(__m256 x) {
+    x = _mm256_max_ps(_mm256_min_ps(x, _mm256_set1_ps(EXP_HI)), _mm256_set1_ps(EXP_LO));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    __m256 p = _mm256_set1_ps(1.0f / 720.0f);
+    EXP_POLY(p, r, V256_MADD);
+    /* times 2^n, built in the exponent bits (AVX2 has no scalef) */
+    __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                      _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 #endif
 
