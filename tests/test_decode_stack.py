@@ -10,14 +10,11 @@ The per-layer path itself is checked against transformers elsewhere
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from checks import assert_all_blocks_free
+from checks import assert_all_blocks_free, run_in_isa_build
 from test_engine_exactness import make_prompts
 
 from candle_agents import Engine, GenerationParams
@@ -137,29 +134,8 @@ def run_isa_check(model_dir: str) -> None:
 
 @pytest.mark.parametrize("isa", ["avx2", "generic"])
 def test_other_isa_builds(isa, tiny_model_dir):
-    import platform
-
-    if platform.machine() != "x86_64":
-        pytest.skip("ISA levels are x86 only")
-    tests = Path(__file__).parent
-    code = (
-        "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(tests)!r})\n"
-        f"spec = importlib.util.spec_from_file_location('tds', {str(Path(__file__))!r})\n"
-        "mod = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(mod)\n"
-        f"mod.run_isa_check({str(tiny_model_dir('llama'))!r})\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "CANDLE_AGENTS_CPU_ISA": isa},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tests.parent,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "decode stack checks passed" in done.stdout
+    model = str(tiny_model_dir("llama"))
+    run_in_isa_build(isa, __file__, f"run_isa_check({model!r})", "decode stack checks passed")
 
 
 SPECIAL = [

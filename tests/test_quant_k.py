@@ -15,14 +15,10 @@ Each ISA build runs the same checks in its own process.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from checks import run_in_isa_build
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
@@ -130,24 +126,4 @@ def run_all() -> None:
 
 @pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2", "generic"])
 def test_other_isa_builds(isa):
-    import platform
-
-    if platform.machine() != "x86_64":
-        pytest.skip("ISA levels are x86 only")
-    code = (
-        "import importlib.util\n"
-        f"spec = importlib.util.spec_from_file_location('tqk', {str(Path(__file__))!r})\n"
-        "mod = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(mod)\n"
-        "mod.run_all()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "CANDLE_AGENTS_CPU_ISA": isa},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "k-quant checks passed" in done.stdout
+    run_in_isa_build(isa, __file__, "run_all()", "k-quant checks passed")

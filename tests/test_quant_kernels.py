@@ -4,15 +4,12 @@ against gguf.quants.dequantize + F.linear."""
 from __future__ import annotations
 
 import ctypes
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import run_in_isa_build
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
@@ -261,28 +258,4 @@ def reduced_check() -> None:
 
 @pytest.mark.parametrize("isa", ["avx512", "avxvnni", "avx2", "generic"])
 def test_other_isa_paths(isa):
-    if platform_machine() != "x86_64":
-        pytest.skip("ISA levels are x86 only")
-    code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('tqk', {str(Path(__file__))!r})\n"
-        "mod = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(mod)\n"
-        "mod.reduced_check()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        env={**os.environ, "CANDLE_AGENTS_CPU_ISA": isa},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=Path(__file__).parent.parent,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert "reduced check passed" in done.stdout
-
-
-def platform_machine() -> str:
-    import platform
-
-    return platform.machine()
+    run_in_isa_build(isa, __file__, "reduced_check()", "reduced check passed")
