@@ -69,7 +69,7 @@ def check_dequant_edges() -> None:
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), qtype.name)
         # the bfloat16 form (prompt-sized matmuls): the same values, rounded as torch rounds
         bf16 = torch.empty(8, 256 * 3, dtype=torch.bfloat16)
-        cpu_kernels.quant_dequant_rows_bf16(torch.from_numpy(data), qtype, 256 * 3, bf16)
+        cpu_kernels.quant_dequant_rows(torch.from_numpy(data), qtype, 256 * 3, out=bf16)
         assert torch.equal(bf16, torch.from_numpy(want).to(torch.bfloat16)), qtype.name
 
 

@@ -140,7 +140,7 @@ def check_dequant_bf16(data, qtype, w) -> None:
     """The bfloat16 form of the rows (prompt-sized matmuls): rounded as torch rounds."""
     n, k = w.shape
     out = torch.full((n, k + 5), float("nan"), dtype=torch.bfloat16)[:, 2 : k + 2]
-    cpu_kernels.quant_dequant_rows_bf16(data, qtype, k, out)
+    cpu_kernels.quant_dequant_rows(data, qtype, k, out=out)
     assert torch.equal(out, w.to(torch.bfloat16)), qtype.name
 
 

@@ -140,9 +140,8 @@ def _open(path: Path) -> bool:
         "release_thread_pool": (i32, []),
         "quant_supported": (i32, [i32, i32]),
         "quant_gemm": (i32, [i32, ptr, i64, i64, ptr, i64, i64, ptr, ptr, i64, i32, i32]),
-        "quant_dequant_rows": (i32, [i32, ptr, i64, ptr, i64, ptr, i64, i32]),
+        "quant_dequant_rows": (i32, [i32, ptr, i64, ptr, i64, ptr, i64, i32, i32]),
         "store_kv": (None, [ptr, i64, ptr, i64, ptr, ptr, i32, ptr, i64, i32, i32, i32]),
-        "quant_dequant_rows_bf16": (i32, [i32, ptr, i64, i64, ptr, i64, i32]),
         "decode_stack_scratch": (i64, [ptr, i64]),
         "decode_stack": (i32, [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, ptr, i32]),
     }
@@ -418,7 +417,6 @@ quant_supported = _quant_ops.quant_supported
 quant_gemm = _quant_ops.quant_gemm
 quant_gemm_raw = _quant_ops.quant_gemm_raw
 quant_dequant_rows = _quant_ops.quant_dequant_rows
-quant_dequant_rows_bf16 = _quant_ops.quant_dequant_rows_bf16
 
 # -- a whole decode step (engine/decode_stack.py describes the model) -------------
 

@@ -546,67 +546,45 @@ typedef struct {
     const uint8_t *w;
     int64_t K, row_bytes, chunk, n, ldo;
     const int64_t *rows;
-    float *out;
+    void *out;
+    int bf16;
 } dequant_ctx;
 
 static void task_dequant(void *arg, int64_t t) {
     const dequant_ctx *c = arg;
-    int64_t i1 = (t + 1) * c->chunk < c->n ? (t + 1) * c->chunk : c->n;
-    for (int64_t i = t * c->chunk; i < i1; i++) {
-        int64_t r = c->rows ? c->rows[i] : i;
-        dequant_run(c->ops, c->w + r * c->row_bytes, c->K / c->ops->block, c->out + i * c->ldo);
-    }
-}
-
-int quant_dequant_rows(int qtype, const uint8_t *w, int64_t K, const int64_t *rows, int64_t n,
-                       float *out, int64_t ldo, int threads) {
-    const qtype_ops *o = ops_of(qtype);
-    if (!o || K <= 0 || K % o->block || n < 0) return -1;
-    if (n == 0) return 0;
-    dequant_ctx c = {.ops = o, .w = w, .K = K, .row_bytes = K / o->block * o->bytes, .n = n,
-                     .ldo = ldo, .rows = rows, .out = out};
-    /* at least ~64K values a task: small lookups stay on the caller */
-    int64_t ntasks = split(n, threads, 1, 65536 / K + 1, &c.chunk);
-    run_tasks(task_dequant, &c, ntasks, threads);
-    return 0;
-}
-
-/* Rows [0, n) of w as bfloat16 (each value dequantized exactly, then rounded
- * to nearest even): the weights of a prompt-sized matmul in bfloat16, where
- * the CPU multiplies those faster than float32 (quantized/layers.py). */
-typedef struct {
-    const qtype_ops *ops;
-    const uint8_t *w;
-    int64_t K, row_bytes, chunk, n, ldo;
-    uint16_t *out;
-} dequant_bf16_ctx;
-
-static void task_dequant_bf16(void *arg, int64_t t) {
-    const dequant_bf16_ctx *c = arg;
-    /* a run of blocks at a time through a small float buffer that stays in L1 */
+    /* bfloat16: a run of blocks at a time through a float buffer that stays in L1 */
     enum { RUN = 256 };
     float buf[RUN];
-    int64_t per = c->ops->block <= RUN ? RUN / c->ops->block : 1;
+    int64_t nb = c->K / c->ops->block, per = RUN / c->ops->block;
     int64_t i1 = (t + 1) * c->chunk < c->n ? (t + 1) * c->chunk : c->n;
     for (int64_t i = t * c->chunk; i < i1; i++) {
-        const uint8_t *row = c->w + i * c->row_bytes;
-        int64_t nb = c->K / c->ops->block;
+        const uint8_t *row = c->w + (c->rows ? c->rows[i] : i) * c->row_bytes;
+        if (!c->bf16) {
+            dequant_run(c->ops, row, nb, (float *)c->out + i * c->ldo);
+            continue;
+        }
+        uint16_t *dst = (uint16_t *)c->out + i * c->ldo;
         for (int64_t b = 0; b < nb; b += per) {
             int64_t cnt = nb - b < per ? nb - b : per;
             dequant_run(c->ops, row + b * c->ops->bytes, cnt, buf);
-            f32_to_bf16_row(buf, c->out + i * c->ldo + b * c->ops->block, cnt * c->ops->block);
+            f32_to_bf16_row(buf, dst + b * c->ops->block, cnt * c->ops->block);
         }
     }
 }
 
-int quant_dequant_rows_bf16(int qtype, const uint8_t *w, int64_t K, int64_t n, uint16_t *out,
-                            int64_t ldo, int threads) {
+/* Rows rows[0..n) (0..n when rows is NULL) of w into out, rows ldo elements
+ * apart: float32, or bfloat16 where bf16 is set (each value dequantized
+ * exactly, then rounded to nearest even: the weights of a prompt-sized matmul
+ * where the CPU multiplies bfloat16 faster, quant/layers.py). */
+int quant_dequant_rows(int qtype, const uint8_t *w, int64_t K, const int64_t *rows, int64_t n,
+                       void *out, int64_t ldo, int bf16, int threads) {
     const qtype_ops *o = ops_of(qtype);
     if (!o || K <= 0 || K % o->block || n < 0 || o->block > 256) return -1;
     if (n == 0) return 0;
-    dequant_bf16_ctx c = {.ops = o, .w = w, .K = K, .row_bytes = K / o->block * o->bytes,
-                          .n = n, .ldo = ldo, .out = out};
+    dequant_ctx c = {.ops = o, .w = w, .K = K, .row_bytes = K / o->block * o->bytes, .n = n,
+                     .ldo = ldo, .rows = rows, .out = out, .bf16 = bf16};
+    /* at least ~64K values a task: small lookups stay on the caller */
     int64_t ntasks = split(n, threads, 1, 65536 / K + 1, &c.chunk);
-    run_tasks(task_dequant_bf16, &c, ntasks, threads);
+    run_tasks(task_dequant, &c, ntasks, threads);
     return 0;
 }

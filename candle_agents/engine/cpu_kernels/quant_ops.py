@@ -131,7 +131,8 @@ def quant_dequant_rows(
     """Rows ``rows`` (int64 indices; all rows when None) of ``weight`` as float32 [n, k].
 
     Bit for bit what ``gguf.quants.dequantize`` gives. ``out`` may be given
-    (float32 [n, k], rows any stride apart).
+    ([n, k], rows any stride apart): float32, or bfloat16 for those values
+    rounded to nearest even, as torch rounds.
     """
     lib = _require()
     want = _row_bytes(qtype, k, "quant_dequant_rows")
@@ -149,8 +150,14 @@ def quant_dequant_rows(
     n = weight.shape[0] if rows is None else rows.numel()
     if out is None:
         out = torch.empty(n, k, dtype=torch.float32)
-    elif out.dtype != torch.float32 or out.shape != (n, k) or (k > 1 and out.stride(1) != 1):
-        raise ValueError(f"quant_dequant_rows: out must be float32 [{n}, {k}] with contiguous rows")
+    elif (
+        out.dtype not in (torch.float32, torch.bfloat16)
+        or out.shape != (n, k)
+        or (k > 1 and out.stride(1) != 1)
+    ):
+        raise ValueError(
+            f"quant_dequant_rows: out must be float32 or bfloat16 [{n}, {k}] with contiguous rows"
+        )
     rc = lib.quant_dequant_rows(
         int(qtype),
         weight.data_ptr(),
@@ -159,27 +166,12 @@ def quant_dequant_rows(
         n,
         out.data_ptr(),
         out.stride(0),
+        int(out.dtype == torch.bfloat16),
         num_threads(),
     )
     if rc != 0:
         raise ValueError(f"quant_dequant_rows: type {qtype} with K={k} is not supported")
     return out
-
-
-def quant_dequant_rows_bf16(weight: torch.Tensor, qtype: int, k: int, out: torch.Tensor) -> None:
-    """Every row of ``weight`` into ``out`` (bfloat16 [rows, k], rows any stride apart):
-    dequantized as ``quant_dequant_rows`` does, then rounded to nearest even."""
-    lib = _require()
-    n = weight.shape[0]
-    if weight.shape[1] != _row_bytes(qtype, k, "quant_dequant_rows_bf16"):
-        raise ValueError(f"quant_dequant_rows_bf16: rows of {weight.shape[1]} bytes for K={k}")
-    if out.dtype != torch.bfloat16 or out.shape != (n, k) or (k > 1 and out.stride(1) != 1):
-        raise ValueError(f"quant_dequant_rows_bf16: out must be bfloat16 [{n}, {k}]")
-    rc = lib.quant_dequant_rows_bf16(
-        int(qtype), weight.data_ptr(), k, n, out.data_ptr(), out.stride(0), num_threads()
-    )
-    if rc != 0:
-        raise ValueError(f"quant_dequant_rows_bf16: type {qtype} with K={k} is not supported")
 
 
 def quant_gemm_raw(

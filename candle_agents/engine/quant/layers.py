@@ -228,11 +228,7 @@ class QuantLinear(_BlockWeights):
     def _dequantized(self, w: QuantTensor, r0: int, r1: int) -> torch.Tensor:
         """Rows [r0, r1) of part ``w`` in ``prefill_dtype``, in this thread's scratch."""
         buf = _scratch(r1 - r0, self.in_features, self.prefill_dtype)
-        if self.prefill_dtype == torch.bfloat16:
-            cpu_kernels.quant_dequant_rows_bf16(w.data[r0:r1], w.qtype, self.in_features, buf)
-        else:
-            cpu_kernels.quant_dequant_rows(w.data[r0:r1], w.qtype, self.in_features, out=buf)
-        return buf
+        return cpu_kernels.quant_dequant_rows(w.data[r0:r1], w.qtype, self.in_features, out=buf)
 
     def extra_repr(self) -> str:
         kinds = sorted({w.type_name for _, w in self.parts})
