@@ -178,7 +178,9 @@ class DecodeStack:
             sin=_f32_ptr(rotary.sin, "rotary sin"),
             layer=structs,
         )
-        self._scratch = torch.empty(0)
+        self._ref = ctypes.byref(self._model)
+        # Sized once for the most rows a step takes (pages are touched on use).
+        self._scratch = torch.empty(cpu_kernels.decode_stack_scratch(self._ref, self.max_rows) // 4)
 
     @classmethod
     def build(cls, model, kv_caches, block_size: int) -> DecodeStack | None:
@@ -199,19 +201,15 @@ class DecodeStack:
         block_tables: torch.Tensor,
         seq_lens: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decode token per sequence: (last layer's output, residual stream).
-
-        Index tensors are int64 and contiguous, as the model runner builds them.
+        """One decode token per sequence (at most ``max_rows``): (last layer's output,
+        residual stream). Index tensors are int64 and contiguous, as the model runner
+        builds them.
         """
-        m = input_ids.shape[0]
         x = self.model.embed_tokens(input_ids).float().contiguous()
         residual = torch.empty_like(x)
-        need = cpu_kernels.decode_stack_scratch(ctypes.byref(self._model), m) // 4
-        if self._scratch.numel() < need:
-            self._scratch = torch.empty(need)
         rc = cpu_kernels.decode_stack(
-            ctypes.byref(self._model),
-            m,
+            self._ref,
+            input_ids.shape[0],
             x.data_ptr(),
             residual.data_ptr(),
             self._scratch.data_ptr(),
