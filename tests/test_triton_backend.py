@@ -20,8 +20,8 @@ from test_engine_exactness import GREEDY, MAX_NEW, Reference, check, engine_for,
 
 from candle_agents import GenerationParams
 from candle_agents.engine.attention import get_backend
-from candle_agents.engine.attention.triton_backend import interpreting
 from candle_agents.engine.cuda_graph import batch_buckets
+from candle_agents.engine.platform import interpreting
 from candle_agents.errors import ConfigError
 
 _refs: dict[str, Reference] = {}
@@ -178,7 +178,7 @@ def test_cuda_defaults_are_bfloat16_and_triton(monkeypatch):
     # No GPU here: stand in for the two facts the choice reads from the device.
     from types import SimpleNamespace
 
-    from candle_agents.engine.model_runner import resolve_dtype
+    from candle_agents.engine.platform import resolve_dtype
 
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     monkeypatch.setattr(

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from candle_agents import Engine, GenerationParams
-from candle_agents.engine.attention.triton_backend import interpreting
 from candle_agents.engine.layers.ops import TorchOps
 from candle_agents.engine.layers.rotary import RotaryEmbedding
 from candle_agents.engine.layers.triton_ops import MAX_HIDDEN, TritonOps
+from candle_agents.engine.platform import interpreting
 
 DEVICE = "cuda" if not interpreting() and torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 import numpy as np
@@ -17,57 +16,12 @@ from candle_agents.engine.layers.decoder import ForwardContext
 from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
 from candle_agents.engine.models import model_class
+from candle_agents.engine.platform import available_memory, resolve_device, resolve_dtype
 from candle_agents.engine.quant.apply import finish_quantized, plan_quantized, weight_bytes
 from candle_agents.engine.scheduler import ScheduledBatch
-from candle_agents.errors import ConfigError, DeviceError, ModelLoadError
+from candle_agents.errors import ConfigError, ModelLoadError
 
 logger = logging.getLogger(__name__)
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError(
-            f"device={name!r} was asked for but CUDA is not available in this torch build "
-            f"({torch.__version__}); use device='cpu' or install a CUDA build of torch"
-        )
-    if name == "mps" and not (
-        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
-    ):
-        raise DeviceError("device='mps' was asked for but MPS is not available; use 'cpu'")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return _DTYPES[name]
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "mps":
-        return torch.float16
-    # float32 on CPU: exact against references, and the fastest where the CPU lacks bf16 units.
-    return torch.float32
-
-
-def available_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
 
 
 class ModelRunner:
@@ -153,7 +107,7 @@ class ModelRunner:
     def _kv_dtype(self) -> torch.dtype:
         name = self.config.kv_cache_dtype
         if name != "auto":
-            return _DTYPES[name]
+            return resolve_dtype(name, self.device)
         if self.quantized and self.config.quantized_matmul == "int8":
             # llama.cpp's default too: half the cache, and its rounding (2^-11
             # relative) is far below what int8 activations already move.

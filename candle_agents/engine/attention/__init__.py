@@ -7,11 +7,9 @@ import torch
 from candle_agents.engine.attention.base import AttentionBackend, AttentionMetadata
 from candle_agents.engine.attention.cpu import CpuAttentionBackend
 from candle_agents.engine.attention.torch_ref import TorchAttentionBackend
-from candle_agents.engine.attention.triton_backend import (
-    TritonAttentionBackend,
-    triton_available,
-)
+from candle_agents.engine.attention.triton_backend import TritonAttentionBackend
 from candle_agents.engine.config import ATTENTION_BACKENDS
+from candle_agents.engine.platform import triton_available
 from candle_agents.errors import ConfigError
 
 __all__ = [

@@ -9,25 +9,12 @@ decode kernels with whatever ``meta.extra["num_splits"]`` held at capture.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from candle_agents.engine.attention.base import AttentionBackend, AttentionMetadata
+from candle_agents.engine.platform import interpreting, triton_available
 
 MAX_HEAD_DIM = 256
-
-
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 class TritonAttentionBackend(AttentionBackend):

@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from candle_agents.engine.attention.triton_backend import interpreting
+from candle_agents.engine.platform import interpreting
 
 LOG2E = 1.4426950408889634
 # Read once, at import, as triton itself reads it when the kernels are defined.

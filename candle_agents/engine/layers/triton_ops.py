@@ -26,8 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from candle_agents.engine.attention.triton_backend import interpreting
 from candle_agents.engine.layers.ops import TorchOps
+from candle_agents.engine.platform import interpreting
 
 # Read once, at import, as triton itself reads it when the kernels are defined.
 INTERPRET = interpreting()
