@@ -125,7 +125,7 @@ def test_auto_picks_the_kernel_backend_on_cpu(monkeypatch):
     with pytest.raises(ConfigError, match="attention_backend='cpu' needs") as err:
         get_backend("cpu", cpu, torch.float32, 512)
     assert err.value.field == "attention_backend"
-    monkeypatch.setattr(cpu_kernels, "_lib", None)  # as if the build had failed
+    monkeypatch.setattr(cpu_kernels.library, "_lib", None)  # as if the build had failed
     assert type(get_backend("auto", cpu, torch.float32, 64)) is TorchAttentionBackend
 
 

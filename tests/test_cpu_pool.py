@@ -30,7 +30,7 @@ def use_threads(monkeypatch):
     """Set the thread count the kernel wrappers pass to C (torch's, by default)."""
 
     def use(n: int) -> None:
-        monkeypatch.setattr(cpu_kernels, "_threads", lambda: n)
+        monkeypatch.setattr(cpu_kernels.ops, "num_threads", lambda: n)
 
     return use
 
@@ -182,7 +182,7 @@ TASK = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 
 
 def pool_run(fn, ntasks: int, threads: int) -> None:
-    run = cpu_kernels._lib.pool_run
+    run = cpu_kernels.require().pool_run
     run.restype, run.argtypes = None, [TASK, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int]
     run(fn, None, ntasks, threads)
 

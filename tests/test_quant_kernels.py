@@ -204,7 +204,9 @@ def test_quantize_act_q8_32_matches_reference():
     x[32:64] = 0  # a zero block: d = 0, qs = 0
     x[64:96] *= 1e-30  # a tiny one
     out = (ctypes.c_uint8 * (40 * 9))()
-    cpu_kernels._lib.quantize_act_q8_32(ctypes.c_void_p(x.ctypes.data), ctypes.c_int64(x.size), out)
+    cpu_kernels.require().quantize_act_q8_32(
+        ctypes.c_void_p(x.ctypes.data), ctypes.c_int64(x.size), out
+    )
     raw = np.frombuffer(out, dtype=np.uint8).reshape(9, 40)
     d, qs = act_reference(x, 32)
     got_qs = raw[:, 8:].view(np.int8)
@@ -218,7 +220,7 @@ def test_quantize_act_q8_256_matches_reference():
     x = np.random.default_rng(1).standard_normal(256 * 3).astype(np.float32) * 3
     size = 4 + 32 + 256
     out = (ctypes.c_uint8 * (size * 3))()
-    cpu_kernels._lib.quantize_act_q8_256(
+    cpu_kernels.require().quantize_act_q8_256(
         ctypes.c_void_p(x.ctypes.data), ctypes.c_int64(x.size), out
     )
     raw = np.frombuffer(out, dtype=np.uint8).reshape(3, size)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from candle_agents.engine import cpu_kernels as _kernels
-from candle_agents.engine.cpu_kernels import _require, num_threads
+from candle_agents.engine.cpu_kernels import library
+from candle_agents.engine.cpu_kernels.library import available, num_threads, require
 
 
 def quant_supported(qtype: int, fast: bool = False) -> bool:
     """Whether GGUF type ``qtype`` has quantized matmuls here (with ``fast``: integer ones)."""
-    return _kernels.available() and bool(_require().quant_supported(int(qtype), int(fast)))
+    return available() and bool(require().quant_supported(int(qtype), int(fast)))
 
 
 _QUANT_BLOCKS: dict[int, tuple[int, int]] = {}  # qtype -> (values, bytes) per block
@@ -30,7 +30,7 @@ def _row_bytes(qtype: int, k: int, who: str) -> int:
             name = GGMLQuantizationType(int(qtype)).name
         except ValueError:
             raise ValueError(f"{who}: unknown GGUF type {qtype}") from None
-        if not _require().quant_supported(int(qtype), 0):
+        if not require().quant_supported(int(qtype), 0):
             raise ValueError(f"{who}: GGUF type {name} has no kernel")
         info = _QUANT_BLOCKS[int(qtype)] = GGML_QUANT_SIZES[GGMLQuantizationType(int(qtype))]
     block, size = info
@@ -58,7 +58,7 @@ def quant_gemm(
     is returned. Raises ValueError for bad shapes, dtypes or types.
     """
     # Called hundreds of times a token: each check here is ~0.1 us.
-    lib = _require()
+    lib = require()
     if x.dtype != torch.float32 or not x.is_cpu or x.dim() != 2:
         raise ValueError(
             f"quant_gemm: x must be a 2-D float32 CPU tensor, got {x.dtype} {tuple(x.shape)}"
@@ -134,7 +134,7 @@ def quant_dequant_rows(
     ([n, k], rows any stride apart): float32, or bfloat16 for those values
     rounded to nearest even, as torch rounds.
     """
-    lib = _require()
+    lib = require()
     want = _row_bytes(qtype, k, "quant_dequant_rows")
     if weight.dim() != 2 or weight.dtype != torch.uint8 or not weight.is_contiguous():
         raise ValueError("quant_dequant_rows: weight must be a contiguous 2-D uint8 tensor")
@@ -190,6 +190,6 @@ def quant_gemm_raw(
 ) -> None:
     """``quant_gemm`` on raw pointers, with no checks: for layers that validated their
     weights once at load (a decode step makes hundreds of these calls)."""
-    lib = _kernels._lib
+    lib = library._lib
     if lib.quant_gemm(qtype, w_ptr, n, k, x_ptr, m, ldx, bias_ptr, out_ptr, ldo, fast, threads):
         raise ValueError(f"quant_gemm: type {qtype} with K={k} is not supported")
