@@ -11,7 +11,7 @@ import threading
 
 import uvicorn
 
-from candle_agents.cli import engine_options
+from candle_agents.engine_args import engine_options
 from candle_agents.server.app import create_app
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,8 @@ import httpx
 import openai
 import pytest
 
-from candle_agents.cli import build_parser, parse_memory
+from candle_agents.cli import build_parser
+from candle_agents.engine_args import parse_memory
 
 
 def _free_port() -> int:
