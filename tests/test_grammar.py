@@ -118,7 +118,7 @@ def test_non_ascii_strings_are_allowed_unescaped(engine):
     assert r.finish_reason == "stop"
     jsonschema.validate(json.loads(r.text), schema)
     # The grammar itself accepts raw Japanese text (no \\u escapes needed).
-    matcher = engine._grammar_compiler().compile(Grammar.json_schema(schema))
+    matcher = engine.grammars.get().compile(Grammar.json_schema(schema))
     tokens = engine.tokenize('{"japanese": "おはよう"}', add_special_tokens=False)
     assert matcher.consume_tokens(tokens) and matcher.is_stopped()
 

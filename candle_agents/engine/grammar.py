@@ -247,3 +247,28 @@ def apply_token_masks(logits: torch.Tensor, rows: list[int], masks: TokenMasks) 
         logits[i, :cols].add_(additive[j, :cols])
         if cols < width:
             logits[i, cols:] = float("-inf")
+
+
+class LazyGrammarCompiler:
+    """An engine's GrammarCompiler, built on the first constrained request.
+
+    Building it indexes the tokenizer (~0.25 s), which engines serving no
+    constrained request never pay. Callers' threads compile through ``get``;
+    the engine thread reads ``built`` (None until then) to fill masks.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, eos_token_ids: Iterable[int]) -> None:
+        self._tokenizer = tokenizer
+        self._eos = frozenset(eos_token_ids)
+        self._lock = threading.Lock()
+        self.built: GrammarCompiler | None = None
+
+    def get(self) -> GrammarCompiler:
+        with self._lock:
+            if self.built is None:
+                self.built = GrammarCompiler(self._tokenizer, self._eos)
+            return self.built
+
+    def close(self) -> None:
+        if self.built is not None:
+            self.built.close()

@@ -56,3 +56,21 @@ class GenerationResult:
     logprobs: list[TokenLogprob] | None = None
     stop_reason: str | int | None = None
     prompt_token_ids: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_deltas(
+        cls, request_id: str, deltas: list[StreamDelta], prompt_token_ids: list[int]
+    ) -> GenerationResult:
+        """The whole result of a request streamed as ``deltas`` (the last one finished)."""
+        last = deltas[-1]
+        has_lp = any(d.logprobs for d in deltas)
+        return cls(
+            request_id=request_id,
+            text="".join(d.text for d in deltas),
+            token_ids=[t for d in deltas for t in d.token_ids],
+            finish_reason=last.finish_reason or "abort",
+            usage=last.usage or Usage(),
+            logprobs=[lp for d in deltas for lp in (d.logprobs or [])] if has_lp else None,
+            stop_reason=last.stop_reason,
+            prompt_token_ids=prompt_token_ids,
+        )

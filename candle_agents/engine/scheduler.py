@@ -6,7 +6,9 @@ first (FCFS), then waiting ones while budget, slots and blocks last. A long
 prompt takes at most ``prefill_chunk_size`` tokens a step, so decodes keep
 flowing beside it. When blocks run out, the most recently arrived running
 sequence is preempted by recompute: its blocks are freed and it goes back to
-the front of the waiting queue, outputs kept.
+the front of the waiting queue, outputs kept. After the forward pass,
+``postprocess`` advances each scheduled sequence past what it computed and
+offers its now-full blocks to the prefix cache.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ from candle_agents.engine.sequence import Sequence, Status
 
 @dataclass
 class ScheduledBatch:
-    """Sequences and how many new tokens each computes this step (decodes first)."""
+    """Sequences and how many new tokens each computes this step (decodes first).
+
+    ``fresh_blocks`` were newly taken from the free pool this step: the runner
+    zeroes them before the forward pass writes into them.
+    """
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     num_decodes: int = 0
     preempted: list[Sequence] = field(default_factory=list)
+    fresh_blocks: list[int] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -107,8 +114,15 @@ class Scheduler:
             num_new_tokens=[n for _, n in scheduled],
             num_decodes=sum(1 for _, n in scheduled if n == 1),
             preempted=preempted,
+            fresh_blocks=self.blocks.take_fresh(),
         )
         return batch
+
+    def postprocess(self, batch: ScheduledBatch) -> None:
+        """Record a finished forward pass: each sequence's new tokens are now in the cache."""
+        for seq, n in zip(batch.seqs, batch.num_new_tokens):
+            seq.num_computed_tokens += n
+            self.blocks.register_computed(seq)
 
     def _chunk_len(self, seq: Sequence, budget: int) -> int:
         n = min(seq.num_tokens - seq.num_computed_tokens, budget)
