@@ -1,19 +1,13 @@
 """candle-agents: a local LLM toolkit for agent builders.
 
-Importing this package loads only the engine's dependencies (torch,
-tokenizers); servers and framework adapters live in optional subpackages.
+Importing this package is cheap: the engine's names (and torch) load on first
+use, so ``candle_agents.mcp`` or ``candle_agents.errors`` alone never import
+torch. Servers and framework adapters live in optional subpackages.
 """
 
-from candle_agents.engine import (
-    Engine,
-    EngineConfig,
-    GenerationParams,
-    GenerationResult,
-    Grammar,
-    StreamDelta,
-    TokenLogprob,
-    Usage,
-)
+from typing import TYPE_CHECKING
+
+from candle_agents._lazy import lazy_exports
 from candle_agents.errors import (
     CandleError,
     ConfigError,
@@ -24,6 +18,18 @@ from candle_agents.errors import (
     RequestCancelled,
     TokenizationError,
 )
+
+if TYPE_CHECKING:
+    from candle_agents.engine import (
+        Engine,
+        EngineConfig,
+        GenerationParams,
+        GenerationResult,
+        Grammar,
+        StreamDelta,
+        TokenLogprob,
+        Usage,
+    )
 
 __version__ = "0.1.0"
 
@@ -46,3 +52,20 @@ __all__ = [
     "Usage",
     "__version__",
 ]
+
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        name: "candle_agents.engine"
+        for name in (
+            "Engine",
+            "EngineConfig",
+            "GenerationParams",
+            "GenerationResult",
+            "Grammar",
+            "StreamDelta",
+            "TokenLogprob",
+            "Usage",
+        )
+    },
+)
