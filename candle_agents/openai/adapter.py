@@ -4,22 +4,19 @@ For gateways and apps that embed the library without our HTTP server: give it
 requests (pydantic objects or plain dicts in OpenAI's shape) and get OpenAI's
 response objects back, or async iterators of chunks. Every problem with a
 request is an :class:`OpenAIError` raised before any output exists.
+
+The adapter checks requests against its engine, plans them
+(:mod:`candle_agents.openai.plan`) and submits them;
+:mod:`candle_agents.openai.results` shapes what comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel
-
-from candle_agents.engine import Engine, GenerationParams, StreamDelta, TokenLogprob
-from candle_agents.engine.grammar import Grammar
+from candle_agents.engine import Engine, GenerationParams
 from candle_agents.engine.requests import RequestStream
 from candle_agents.errors import CandleError
 from candle_agents.openai.chat import (
@@ -29,52 +26,24 @@ from candle_agents.openai.chat import (
     template_supports_tools,
 )
 from candle_agents.openai.errors import OpenAIError, parse_request
+from candle_agents.openai.plan import Plan, choose_grammar, generation_params, guard, new_id
 from candle_agents.openai.protocol import (
-    ChatChoice,
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChoiceLogprobs,
-    ChunkChoice,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    DeltaMessage,
-    FunctionCallDelta,
-    FunctionCallOut,
     ModelCard,
     ModelList,
-    NamedToolChoice,
-    PromptTokensDetails,
-    ResponseMessage,
-    TokenLogprobInfo,
-    ToolCallDeltaOut,
-    ToolCallOut,
-    TopLogprob,
-    UsageInfo,
 )
-from candle_agents.openai.tool_parsers import (
-    ToolCallStream,
-    ToolParser,
-    detect_tool_parser,
-    get_tool_parser,
+from candle_agents.openai.results import (
+    chat_chunks,
+    chat_response,
+    completion_chunks,
+    completion_response,
 )
-
-R = TypeVar("R", bound=BaseModel)
-
-
-@dataclass
-class _Plan:
-    """A validated request, ready to submit: one prompt, n choices."""
-
-    request_id: str
-    model: str
-    prompt_ids: list[int]
-    params: list[GenerationParams]
-    parser: ToolParser | None = None  # set when tools are offered
-    tools: list[dict[str, Any]] | None = None
-    prompt_index: int = 0
+from candle_agents.openai.streams import Chunks, collect_all
+from candle_agents.openai.tool_parsers import detect_tool_parser, get_tool_parser
 
 
 class OpenAIAdapter:
@@ -120,40 +89,7 @@ class OpenAIAdapter:
     ) -> ChatCompletionResponse:
         """Run a chat completion to the end (all ``n`` choices in one batch)."""
         plan = self._plan_chat(parse_request(ChatCompletionRequest, request))
-        results = await _collect_all(self._submit(plan))
-        choices = []
-        for i, deltas in enumerate(results):
-            text = "".join(d.text for d in deltas)
-            last = deltas[-1]
-            message = ResponseMessage(content=text)
-            finish = last.finish_reason or "abort"
-            if plan.parser is not None:
-                parsed = plan.parser.parse(text, plan.tools)
-                message = ResponseMessage(
-                    content=parsed.content,
-                    tool_calls=[
-                        ToolCallOut(
-                            id=c.id, function=FunctionCallOut(name=c.name, arguments=c.arguments)
-                        )
-                        for c in parsed.tool_calls
-                    ]
-                    or None,
-                )
-                if parsed.tool_calls and finish == "stop":
-                    finish = "tool_calls"
-            choices.append(
-                ChatChoice(
-                    index=i,
-                    message=message,
-                    logprobs=_chat_logprobs(deltas, self._end_ids(plan.params[i]))
-                    if plan.params[i].logprobs
-                    else None,
-                    finish_reason=finish,
-                )
-            )
-        return ChatCompletionResponse(
-            id=plan.request_id, model=plan.model, choices=choices, usage=_usage(results)
-        )
+        return chat_response(plan, await collect_all(self._submit(plan)))
 
     def chat_completion_stream(
         self, request: ChatCompletionRequest | dict[str, Any]
@@ -167,90 +103,25 @@ class OpenAIAdapter:
         plan = self._plan_chat(req)
         streams = self._submit(plan)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _Chunks(self._chat_chunks(plan, streams, include_usage), streams)
+        return Chunks(chat_chunks(plan, streams, include_usage), streams)
 
-    async def _chat_chunks(
-        self, plan: _Plan, streams: list[RequestStream], include_usage: bool
-    ) -> AsyncIterator[ChatCompletionChunk]:
-        created = int(time.time())
-
-        def chunk(index: int, delta: DeltaMessage, **kw: Any) -> ChatCompletionChunk:
-            return ChatCompletionChunk(
-                id=plan.request_id,
-                created=created,
-                model=plan.model,
-                choices=[ChunkChoice(index=index, delta=delta, **kw)],
-            )
-
-        tool_streams: list[ToolCallStream | None] = [
-            plan.parser.stream(plan.tools) if plan.parser else None for _ in streams
-        ]
-        called = [False] * len(streams)
-        finals: list[StreamDelta | None] = [None] * len(streams)
-        try:
-            for i in range(len(streams)):
-                yield chunk(i, DeltaMessage(role="assistant", content=""))
-            async for i, delta in _merge(streams):
-                lp = (
-                    _chat_logprobs([delta], self._end_ids(plan.params[i]))
-                    if plan.params[i].logprobs
-                    else None
-                )
-                ts = tool_streams[i]
-                if ts is None:
-                    step_content, calls = delta.text, []
-                else:
-                    step = ts.feed(delta.text)
-                    if delta.finished:
-                        tail = ts.finish()
-                        step.content += tail.content
-                        step.tool_calls += tail.tool_calls
-                    step_content, calls = step.content, step.tool_calls
-                called[i] = called[i] or bool(calls)
-                if step_content or calls or lp is not None:
-                    yield chunk(
-                        i,
-                        DeltaMessage(
-                            content=step_content or None,
-                            tool_calls=[_tool_delta(c) for c in calls] or None,
-                        ),
-                        logprobs=lp,
-                    )
-                if delta.finished:
-                    finals[i] = delta
-                    finish = delta.finish_reason
-                    if called[i] and finish == "stop":
-                        finish = "tool_calls"
-                    yield chunk(i, DeltaMessage(), finish_reason=finish)
-            if include_usage:
-                yield ChatCompletionChunk(
-                    id=plan.request_id,
-                    created=created,
-                    model=plan.model,
-                    choices=[],
-                    usage=_usage([[d] for d in finals if d is not None]),
-                )
-        finally:
-            for s in streams:
-                s.close()
-
-    def _plan_chat(self, req: ChatCompletionRequest) -> _Plan:
+    def _plan_chat(self, req: ChatCompletionRequest) -> Plan:
         model = self.check_model(req.model)
         self._check_queue()
         parser = self.tool_parser
         if req.tool_parser:
-            parser = _guard(lambda: get_tool_parser(req.tool_parser))
+            parser = guard(lambda: get_tool_parser(req.tool_parser))
         tools = offered_tools(req)
         messages = build_messages(req, parser, self.native_tools, tools)
         template_tools = tools if self.native_tools else None
         prompt_ids = render_prompt(self.engine, messages, template_tools, req.chat_template_kwargs)
         self._check_length(prompt_ids, "messages")
-        grammar = self._grammar(req, parser, tools)
+        grammar = choose_grammar(req, parser, tools)
         params = [
-            self._params(
+            generation_params(
                 req,
                 i,
-                prompt_ids,
+                self._room(prompt_ids),
                 max_tokens=req.output_limit(),
                 logprobs=req.logprobs,
                 top_logprobs=req.top_logprobs or 0,
@@ -260,33 +131,15 @@ class OpenAIAdapter:
             )
             for i in range(req.n)
         ]
-        return _Plan(
-            _new_id("chatcmpl"),
+        return Plan(
+            new_id("chatcmpl"),
             model,
             prompt_ids,
             params,
+            self._end_ids(params[0]),
             parser if tools is not None and req.tool_choice != "none" else None,
             tools,
         )
-
-    def _grammar(
-        self, req: ChatCompletionRequest, parser: ToolParser, tools: list[dict[str, Any]] | None
-    ) -> Grammar | None:
-        choice = req.tool_choice
-        if tools and choice == "none" and req.response_format is None:
-            return Grammar.lark(parser.call_grammar(tools, "none"))
-        if tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
-            mode = choice.function.name if isinstance(choice, NamedToolChoice) else "required"
-            return Grammar.lark(parser.call_grammar(tools, mode, req.parallel_tool_calls))
-        fmt = req.response_format
-        if fmt is not None and fmt.type == "json_schema":
-            return Grammar.json_schema(fmt.json_schema.schema_ or {"type": "object"})
-        if fmt is not None and fmt.type == "json_object":
-            return Grammar.json_object()
-        if tools:
-            # "auto": text, or calls that are well formed and match the schemas.
-            return Grammar.lark(parser.call_grammar(tools, "auto", req.parallel_tool_calls))
-        return None
 
     # -- text completions -------------------------------------------------------------
 
@@ -294,38 +147,14 @@ class OpenAIAdapter:
         """Run a text completion; a list of prompts gives ``n`` choices per prompt."""
         req = parse_request(CompletionRequest, request)
         plans = self._plan_completion(req)
-        request_id = plans[0].request_id
         submitted = self._submit_all(plans)
         try:
-            per_plan = await asyncio.gather(*(_collect_all(s) for s in submitted))
+            per_plan = await asyncio.gather(*(collect_all(s) for s in submitted))
         finally:
             for streams in submitted:
                 for s in streams:
                     s.close()
-        choices, all_results = [], []
-        for plan, results in zip(plans, per_plan):
-            echo = self._echo(req, plan)
-            for i, deltas in enumerate(results):
-                all_results.append(deltas)
-                text = "".join(d.text for d in deltas)
-                choices.append(
-                    CompletionChoice(
-                        index=plan.prompt_index * req.n + i,
-                        text=echo + text,
-                        logprobs=_completion_logprobs(
-                            deltas, len(echo), self._end_ids(plan.params[i])
-                        )
-                        if req.logprobs is not None
-                        else None,
-                        finish_reason=deltas[-1].finish_reason or "abort",
-                    )
-                )
-        return CompletionResponse(
-            id=request_id,
-            model=plans[0].model,
-            choices=choices,
-            usage=_usage(all_results, prompts=[len(p.prompt_ids) for p in plans]),
-        )
+        return completion_response(req, plans, per_plan)
 
     def completion_stream(
         self, request: CompletionRequest | dict[str, Any]
@@ -335,60 +164,9 @@ class OpenAIAdapter:
         plans = self._plan_completion(req)
         streams = [s for group in self._submit_all(plans) for s in group]
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return _Chunks(self._completion_chunks(req, plans, streams, include_usage), streams)
+        return Chunks(completion_chunks(req, plans, streams, include_usage), streams)
 
-    async def _completion_chunks(
-        self,
-        req: CompletionRequest,
-        plans: list[_Plan],
-        streams: list[RequestStream],
-        include_usage: bool,
-    ) -> AsyncIterator[CompletionResponse]:
-        index_plan = [(p.prompt_index * req.n + i, p) for p in plans for i in range(req.n)]
-        finals: list[StreamDelta | None] = [None] * len(streams)
-        offsets = [0] * len(streams)
-        request_id, model = plans[0].request_id, plans[0].model
-
-        def chunk(index: int, text: str, **kw: Any) -> CompletionResponse:
-            return CompletionResponse(
-                id=request_id,
-                model=model,
-                choices=[CompletionChoice(index=index, text=text, **kw)],
-            )
-
-        try:
-            if req.echo:
-                for k, (index, plan) in enumerate(index_plan):
-                    echo = self._echo(req, plan)
-                    offsets[k] = len(echo)
-                    yield chunk(index, echo)
-            async for k, delta in _merge(streams):
-                index = index_plan[k][0]
-                lp = None
-                if req.logprobs is not None:
-                    lp = _completion_logprobs(
-                        [delta], offsets[k], self._end_ids(index_plan[k][1].params[0])
-                    )
-                offsets[k] += len(delta.text)
-                if delta.text or lp is not None or delta.finished:
-                    yield chunk(index, delta.text, logprobs=lp, finish_reason=delta.finish_reason)
-                if delta.finished:
-                    finals[k] = delta
-            if include_usage:
-                yield CompletionResponse(
-                    id=request_id,
-                    model=model,
-                    choices=[],
-                    usage=_usage(
-                        [[d] for d in finals if d is not None],
-                        prompts=[len(p.prompt_ids) for p in plans],
-                    ),
-                )
-        finally:
-            for s in streams:
-                s.close()
-
-    def _plan_completion(self, req: CompletionRequest) -> list[_Plan]:
+    def _plan_completion(self, req: CompletionRequest) -> list[Plan]:
         model = self.check_model(req.model)
         prompts = req.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -410,13 +188,13 @@ class OpenAIAdapter:
                 param="prompt",
                 code="too_many_completions",
             )
-        request_id = _new_id("cmpl")
+        request_id = new_id("cmpl")
         plans = []
         for k, prompt in enumerate(prompts):
             if isinstance(prompt, str):
                 if not prompt:
                     raise OpenAIError("prompt must not be empty", param="prompt")
-                ids = _guard(lambda p=prompt: self.engine.tokenize(p))
+                ids = guard(lambda p=prompt: self.engine.tokenize(p))
             else:
                 ids = list(prompt)
                 vocab = self.engine.runner.model.vocab_size
@@ -428,10 +206,10 @@ class OpenAIAdapter:
                     )
             self._check_length(ids, "prompt")
             params = [
-                self._params(
+                generation_params(
                     req,
                     i,
-                    ids,
+                    self._room(ids),
                     max_tokens=req.max_tokens,
                     logprobs=req.logprobs is not None,
                     top_logprobs=req.logprobs or 0,
@@ -440,20 +218,30 @@ class OpenAIAdapter:
                 )
                 for i in range(req.n)
             ]
-            plans.append(_Plan(request_id, model, ids, params, prompt_index=k))
+            echo = ""
+            if req.echo:
+                echo = (
+                    prompt
+                    if isinstance(prompt, str)
+                    else self.engine.detokenize(ids, skip_special_tokens=False)
+                )
+            plans.append(
+                Plan(
+                    request_id,
+                    model,
+                    ids,
+                    params,
+                    self._end_ids(params[0]),
+                    prompt_index=k,
+                    echo=echo,
+                )
+            )
         return plans
 
-    def _echo(self, req: CompletionRequest, plan: _Plan) -> str:
-        if not req.echo:
-            return ""
-        prompt = req.prompt
-        if isinstance(prompt, str):
-            return prompt
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
-            return prompt[plan.prompt_index]
-        return self.engine.detokenize(plan.prompt_ids, skip_special_tokens=False)
-
     # -- shared -----------------------------------------------------------------------
+
+    def _room(self, prompt_ids: list[int]) -> int:
+        return self.engine.max_model_len - len(prompt_ids)
 
     def _end_ids(self, params: GenerationParams) -> frozenset[int]:
         if params.ignore_eos:
@@ -493,45 +281,7 @@ class OpenAIAdapter:
                 code="context_length_exceeded",
             )
 
-    def _params(
-        self,
-        req: ChatCompletionRequest | CompletionRequest,
-        choice: int,
-        prompt_ids: list[int],
-        *,
-        max_tokens: int | None,
-        logprobs: bool,
-        top_logprobs: int,
-        grammar: Grammar | None,
-        skip_special: bool,
-    ) -> GenerationParams:
-        room = self.engine.max_model_len - len(prompt_ids)
-        # Several choices with one seed would all be the same: give each its own.
-        seed = None if req.seed is None else req.seed + choice
-        kwargs: dict[str, Any] = dict(
-            max_tokens=min(max_tokens or room, room),
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=max(0, req.top_k or 0),
-            min_p=req.min_p or 0.0,
-            repetition_penalty=req.repetition_penalty or 1.0,
-            frequency_penalty=req.frequency_penalty,
-            presence_penalty=req.presence_penalty,
-            seed=seed,
-            stop=req.stop_list(),
-            stop_token_ids=list(req.stop_token_ids or []),
-            ignore_eos=req.ignore_eos,
-            min_tokens=req.min_tokens,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-            skip_special_tokens=skip_special,
-            grammar=grammar,
-        )
-        if req.logit_bias:
-            kwargs["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}
-        return _guard(lambda: GenerationParams(**kwargs))
-
-    def _submit_all(self, plans: list[_Plan]) -> list[list[RequestStream]]:
+    def _submit_all(self, plans: list[Plan]) -> list[list[RequestStream]]:
         """Submit every plan or none: a failure aborts what was already submitted."""
         submitted: list[list[RequestStream]] = []
         try:
@@ -544,7 +294,7 @@ class OpenAIAdapter:
             raise
         return submitted
 
-    def _submit(self, plan: _Plan) -> list[RequestStream]:
+    def _submit(self, plan: Plan) -> list[RequestStream]:
         streams: list[RequestStream] = []
         try:
             for i, params in enumerate(plan.params):
@@ -557,156 +307,3 @@ class OpenAIAdapter:
                 raise OpenAIError.from_exception(exc) from exc
             raise
         return streams
-
-
-# -- helpers ---------------------------------------------------------------------------
-
-
-class _Chunks(AsyncIterator[R]):
-    """The chunks of submitted requests; closing it aborts them even before the first
-    chunk (an async generator that never started would skip its ``finally``)."""
-
-    def __init__(self, chunks: AsyncIterator[R], streams: list[RequestStream]) -> None:
-        self._chunks = chunks
-        self._streams = streams
-
-    def __aiter__(self) -> _Chunks[R]:
-        return self
-
-    async def __anext__(self) -> R:
-        return await self._chunks.__anext__()
-
-    async def aclose(self) -> None:
-        for s in self._streams:
-            s.close()
-        await self._chunks.aclose()
-
-
-def _guard(make):
-    """Run ``make`` and report our errors in OpenAI's form."""
-    try:
-        return make()
-    except CandleError as exc:
-        raise OpenAIError.from_exception(exc) from exc
-
-
-def _new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
-
-
-async def _collect_all(streams: list[RequestStream]) -> list[list[StreamDelta]]:
-    async def collect(stream: RequestStream) -> list[StreamDelta]:
-        return [d async for d in stream]
-
-    try:
-        return list(await asyncio.gather(*(collect(s) for s in streams)))
-    except CandleError as exc:
-        raise OpenAIError.from_exception(exc) from exc
-    finally:
-        for s in streams:
-            s.close()
-
-
-async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, StreamDelta]]:
-    """Deltas of several streams as they come, tagged with the stream's index."""
-    if len(streams) == 1:
-        try:
-            async for d in streams[0]:
-                yield 0, d
-        except CandleError as exc:
-            raise OpenAIError.from_exception(exc) from exc
-        return
-    queue: asyncio.Queue[tuple[int, StreamDelta | BaseException | None]] = asyncio.Queue()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for d in stream:
-                await queue.put((i, d))
-        except BaseException as exc:  # reported to the consumer, who decides
-            await queue.put((i, exc))
-            return
-        await queue.put((i, None))
-
-    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
-    try:
-        live = len(streams)
-        while live:
-            i, item = await queue.get()
-            if item is None:
-                live -= 1
-            elif isinstance(item, BaseException):
-                if isinstance(item, CandleError):
-                    raise OpenAIError.from_exception(item) from item
-                raise item
-            else:
-                yield i, item
-    finally:
-        for t in tasks:
-            t.cancel()
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _usage(results: list[list[StreamDelta]], prompts: list[int] | None = None) -> UsageInfo:
-    finals = [r[-1].usage for r in results if r and r[-1].usage is not None]
-    completion = sum(u.completion_tokens for u in finals)
-    # Chat: one prompt shared by all choices, counted once.
-    shared = finals[0].prompt_tokens if finals else 0
-    prompt = sum(prompts) if prompts is not None else shared
-    cached = max((u.cached_tokens for u in finals), default=0)
-    return UsageInfo(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
-    )
-
-
-def _token_info(lp: TokenLogprob) -> TokenLogprobInfo:
-    return TokenLogprobInfo(
-        token=lp.token,
-        logprob=lp.logprob,
-        bytes=list(lp.token.encode("utf-8")),
-        top_logprobs=[
-            TopLogprob(token=t, logprob=v, bytes=list(t.encode("utf-8")))
-            for _, t, v in lp.top_logprobs
-        ],
-    )
-
-
-def _chat_logprobs(deltas: list[StreamDelta], end_ids: frozenset[int]) -> ChoiceLogprobs | None:
-    entries = [_token_info(lp) for d in deltas for lp in _visible(d, end_ids)]
-    if not entries and len(deltas) == 1:  # a streamed step with nothing to report
-        return None
-    return ChoiceLogprobs(content=entries)
-
-
-def _visible(delta: StreamDelta, end_ids: frozenset[int]) -> list[TokenLogprob]:
-    """A delta's logprobs without the end-of-turn token that stopped the request:
-    it is not part of the text, so OpenAI does not list it either."""
-    lps = delta.logprobs or []
-    if delta.finish_reason == "stop" and lps and lps[-1].token_id in end_ids:
-        return lps[:-1]
-    return lps
-
-
-def _completion_logprobs(
-    deltas: list[StreamDelta], offset: int, end_ids: frozenset[int]
-) -> CompletionLogprobs:
-    out = CompletionLogprobs()
-    for lp in (lp for d in deltas for lp in _visible(d, end_ids)):
-        out.tokens.append(lp.token)
-        out.token_logprobs.append(lp.logprob)
-        out.top_logprobs.append({t: v for _, t, v in lp.top_logprobs} or None)
-        out.text_offset.append(offset)
-        offset += len(lp.token)
-    return out
-
-
-def _tool_delta(c: Any) -> ToolCallDeltaOut:
-    return ToolCallDeltaOut(
-        index=c.index,
-        id=c.id,
-        type="function" if c.id is not None else None,
-        function=FunctionCallDelta(name=c.name, arguments=c.arguments),
-    )
