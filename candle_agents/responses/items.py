@@ -1,4 +1,5 @@
-"""Conversation items: validating a request's input, and turning items into chat messages.
+"""Conversation items: validating a request's input, building a response's output
+items, and turning items into chat messages.
 
 A conversation is a list of Responses items (messages, function calls and their
 outputs, MCP calls, approval requests...). It is stored as items, so chains of
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from candle_agents.mcp import McpTool
 from candle_agents.openai.errors import OpenAIError
 from candle_agents.responses.protocol import new_id
 
@@ -185,11 +187,118 @@ def approval_requests(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return pending
 
 
+def approval_answers(
+    history: list[dict[str, Any]], items: list[dict[str, Any]], servers: set[str]
+) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(approval request, answer) pairs for the answers in a request's input ``items``.
+
+    Each must answer a pending request of ``history`` for a call to one of ``servers``
+    (the MCP server labels the request offers): otherwise a 400 naming ``input[i]``.
+    """
+    pending = approval_requests(history)
+    answers = []
+    for i, item in enumerate(items):
+        if item.get("type") != "mcp_approval_response":
+            continue
+        asked = pending.get(item["approval_request_id"])
+        if asked is None:
+            raise OpenAIError(
+                f"input[{i}].approval_request_id: no pending approval request "
+                f"{item['approval_request_id']!r} in this conversation (send it with the "
+                "previous_response_id of the response that asked)",
+                param=f"input[{i}].approval_request_id",
+            )
+        if asked["server_label"] not in servers:
+            raise OpenAIError(
+                f"input[{i}]: the approved call goes to MCP server "
+                f"{asked['server_label']!r}; include that server in tools again",
+                param="tools",
+            )
+        answers.append((asked, item))
+    return answers
+
+
 def listed_servers(items: list[dict[str, Any]]) -> set[str]:
     """Server labels whose tools were already listed (without error) in the conversation."""
     return {
         i["server_label"] for i in items if i.get("type") == "mcp_list_tools" and not i.get("error")
     }
+
+
+# -- new items (output items start in progress; the response fills them in) ---------------
+
+
+def message_item() -> dict[str, Any]:
+    return {
+        "id": new_id("msg"),
+        "type": "message",
+        "role": "assistant",
+        "status": "in_progress",
+        "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}],
+    }
+
+
+def function_call_item(name: str, call_id: str | None) -> dict[str, Any]:
+    return {
+        "id": new_id("fc"),
+        "type": "function_call",
+        "call_id": call_id or new_id("call"),
+        "name": name,
+        "arguments": "",
+        "status": "in_progress",
+    }
+
+
+def mcp_call_item(server: str, name: str, arguments: str) -> dict[str, Any]:
+    return {
+        "id": new_id("mcp"),
+        "type": "mcp_call",
+        "server_label": server,
+        "name": name,
+        "arguments": arguments,
+        "output": None,
+        "error": None,
+        "status": "in_progress",
+        "approval_request_id": None,
+    }
+
+
+def approval_request_item(server: str, name: str) -> dict[str, Any]:
+    return {
+        "id": new_id("mcpr"),
+        "type": "mcp_approval_request",
+        "server_label": server,
+        "name": name,
+        "arguments": "",
+    }
+
+
+def list_tools_item(server: str) -> dict[str, Any]:
+    return {
+        "id": new_id("mcpl"),
+        "type": "mcp_list_tools",
+        "server_label": server,
+        "tools": [],
+        "error": None,
+    }
+
+
+def listed_tools(tools: list[McpTool]) -> list[dict[str, Any]]:
+    """The ``tools`` of an ``mcp_list_tools`` item."""
+    return [
+        {
+            "name": t.name,
+            "description": t.description,
+            "input_schema": t.input_schema,
+            "annotations": t.annotations,
+        }
+        for t in tools
+    ]
+
+
+def execution_error(text: str) -> dict[str, Any]:
+    """The ``error`` of an ``mcp_call`` that failed (or never ran)."""
+    return {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
 
 
 def user_message(text: str) -> dict[str, Any]:

@@ -14,49 +14,49 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 from candle_agents.errors import CandleError
-from candle_agents.mcp import McpClient, McpTool, McpToolResult
+from candle_agents.mcp import McpTool, McpToolResult
 from candle_agents.openai import OpenAIAdapter
-from candle_agents.openai.errors import OpenAIError
 from candle_agents.responses.items import (
-    approval_requests,
+    approval_answers,
+    approval_request_item,
+    execution_error,
+    function_call_item,
+    list_tools_item,
     listed_servers,
+    listed_tools,
+    mcp_call_item,
+    message_item,
     parse_input,
     to_chat_messages,
 )
 from candle_agents.responses.protocol import (
-    FunctionToolChoice,
     IncompleteDetails,
-    McpToolChoice,
     McpToolParam,
     Response,
     ResponseError,
     ResponseEvent,
     ResponsesRequest,
     ResponseUsage,
-    new_id,
+)
+from candle_agents.responses.tools import (
+    McpBinding,
+    McpNames,
+    chat_tool_choice,
+    chat_tools,
+    check_tool_choice,
+    mcp_names,
 )
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_TURNS = 10
-
-
-@dataclass
-class McpBinding:
-    """An MCP server offered to one response: its request entry and how to reach it."""
-
-    param: McpToolParam
-    connect: Callable[[], Awaitable[McpClient]]
-    client: McpClient | None = None
-    tools: list[McpTool] = field(default_factory=list)
 
 
 @dataclass
@@ -68,6 +68,19 @@ class _Call:
     index: int
     tool: tuple[McpBinding, McpTool] | None = None
     arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TurnResult:
+    """What one model turn leaves for the loop, filled in as its events stream."""
+
+    calls: list[_Call] = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def truncated(self) -> bool:
+        """Cut off by the token limit: the response ends incomplete, its calls unrun."""
+        return self.finish_reason == "length"
 
 
 class ResponseRun:
@@ -97,10 +110,12 @@ class ResponseRun:
         self.turns = 0
         self.tool_calls_made = 0
         self._seq = 0
-        self._names: dict[str, tuple[McpBinding, McpTool]] = {}
+        self._names: McpNames = {}
         self.function_tools = [t for t in request.tools or () if not isinstance(t, McpToolParam)]
-        self._check_tool_choice()
-        self._approvals = self._approval_answers()
+        check_tool_choice(request.tool_choice, self.function_tools, self.mcp)
+        self._approvals = approval_answers(
+            self.history, self.input, {b.param.server_label for b in self.mcp}
+        )
         model = adapter.check_model(request.model)
         self.response = Response(
             model=model,
@@ -127,49 +142,6 @@ class ResponseRun:
     def conversation(self) -> list[dict[str, Any]]:
         """Every item so far: history, this request's input, this response's output."""
         return [*self.history, *self.input, *self.response.output]
-
-    def _check_tool_choice(self) -> None:
-        choice = self.request.tool_choice
-        if isinstance(choice, FunctionToolChoice) and choice.name not in {
-            t.name for t in self.function_tools
-        }:
-            raise OpenAIError(
-                f"tool_choice names function {choice.name!r}, which is not among the "
-                "request's function tools",
-                param="tool_choice.name",
-            )
-        if isinstance(choice, McpToolChoice) and choice.server_label not in {
-            b.param.server_label for b in self.mcp
-        }:
-            raise OpenAIError(
-                f"tool_choice names MCP server {choice.server_label!r}, which is not among "
-                "the request's mcp tools",
-                param="tool_choice.server_label",
-            )
-
-    def _approval_answers(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
-        """(approval request, answer) pairs for the answers this request brings."""
-        pending = approval_requests(self.history)
-        answers = []
-        for i, item in enumerate(self.input):
-            if item.get("type") != "mcp_approval_response":
-                continue
-            asked = pending.get(item["approval_request_id"])
-            if asked is None:
-                raise OpenAIError(
-                    f"input[{i}].approval_request_id: no pending approval request "
-                    f"{item['approval_request_id']!r} in this conversation (send it with the "
-                    "previous_response_id of the response that asked)",
-                    param=f"input[{i}].approval_request_id",
-                )
-            if asked["server_label"] not in {b.param.server_label for b in self.mcp}:
-                raise OpenAIError(
-                    f"input[{i}]: the approved call goes to MCP server "
-                    f"{asked['server_label']!r}; include that server in tools again",
-                    param="tools",
-                )
-            answers.append((asked, item))
-        return answers
 
     # -- events ----------------------------------------------------------------------------
 
@@ -238,19 +210,18 @@ class ResponseRun:
             if budget is not None and budget <= 0:
                 self._incomplete("max_output_tokens")
                 return
-            calls: list[_Call] = []
-            finish: list[str] = []
-            async for event in self._turn(self._chat_request(forced, budget), calls, finish):
+            turn = TurnResult()
+            async for event in self._turn(self._chat_request(forced, budget), turn):
                 yield event
             self.turns += 1
-            if finish and finish[0] == "length":
+            if turn.truncated:
                 self._incomplete("max_output_tokens")
                 return
-            mcp_calls = [c for c in calls if c.kind == "mcp_call"]
+            mcp_calls = [c for c in turn.calls if c.kind == "mcp_call"]
             if mcp_calls:
                 async for event in self._run_calls(mcp_calls):
                     yield event
-            if not mcp_calls or len(mcp_calls) < len(calls):
+            if not mcp_calls or len(mcp_calls) < len(turn.calls):
                 return  # a final answer, or calls the client runs / must approve
             forced = False
 
@@ -264,18 +235,11 @@ class ResponseRun:
     async def _list_tools(self) -> AsyncIterator[ResponseEvent]:
         """Connect to each MCP server and list its tools (an mcp_list_tools item, once)."""
         listed = listed_servers(self.history)
-        taken = {t.name for t in self.function_tools}
         for binding in self.mcp:
             label = binding.param.server_label
             index = None
             if label not in listed:
-                item = {
-                    "id": new_id("mcpl"),
-                    "type": "mcp_list_tools",
-                    "server_label": label,
-                    "tools": [],
-                    "error": None,
-                }
+                item = list_tools_item(label)
                 index, added = self._add(item)
                 yield added
                 yield self._event(
@@ -299,36 +263,21 @@ class ResponseRun:
             allowed = binding.param.allowed()
             binding.tools = [t for t in tools if allowed is None or t.name in allowed]
             if index is not None:
-                self.response.output[index]["tools"] = [
-                    {
-                        "name": t.name,
-                        "description": t.description,
-                        "input_schema": t.input_schema,
-                        "annotations": t.annotations,
-                    }
-                    for t in binding.tools
-                ]
+                self.response.output[index]["tools"] = listed_tools(binding.tools)
                 yield self._event(
                     "response.mcp_list_tools.completed",
                     item_id=self.response.output[index]["id"],
                     output_index=index,
                 )
                 yield self._done(index)
-        # Names the model sees: a tool's own name unless another tool already has it.
-        for binding in self.mcp:
-            for tool in binding.tools:
-                name = tool.name
-                if name in taken:
-                    name = f"{binding.param.server_label}__{tool.name}"[:64]
-                taken.add(name)
-                self._names[name] = (binding, tool)
+        self._names = mcp_names(self.function_tools, self.mcp)
 
     async def _answer_approvals(self) -> AsyncIterator[ResponseEvent]:
         calls = []
         for asked, answer in self._approvals:
             binding = next(b for b in self.mcp if b.param.server_label == asked["server_label"])
             tool = next((t for t in binding.tools if t.name == asked["name"]), None)
-            item = _mcp_call_item(asked["server_label"], asked["name"], asked["arguments"])
+            item = mcp_call_item(asked["server_label"], asked["name"], asked["arguments"])
             item["approval_request_id"] = asked["id"]
             index, added = self._add(item)
             yield added
@@ -337,7 +286,7 @@ class ResponseRun:
                 if tool is None:
                     reason = f"tool {asked['name']!r} is no longer offered by the server"
                 item["status"] = "failed"
-                item["error"] = _execution_error(reason)
+                item["error"] = execution_error(reason)
                 yield self._event(
                     "response.mcp_call.failed", item_id=item["id"], output_index=index
                 )
@@ -350,31 +299,7 @@ class ResponseRun:
 
     def _chat_request(self, forced: bool, budget: int | None) -> dict[str, Any]:
         req = self.request
-        tools = [
-            {
-                "type": "function",
-                "function": {
-                    k: v
-                    for k, v in {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                    }.items()
-                    if v is not None
-                },
-            }
-            for t in self.function_tools
-        ] + [
-            {
-                "type": "function",
-                "function": {
-                    "name": name,
-                    "description": tool.description,
-                    "parameters": tool.input_schema,
-                },
-            }
-            for name, (_, tool) in self._names.items()
-        ]
+        tools = chat_tools(self.function_tools, self._names)
         body: dict[str, Any] = {
             "model": self.response.model,
             "messages": to_chat_messages(self.conversation, req.instructions),
@@ -393,7 +318,9 @@ class ResponseRun:
             body["tools"] = tools
             limit = req.max_tool_calls
             spent = limit is not None and self.tool_calls_made >= limit
-            body["tool_choice"] = "none" if spent else self._chat_tool_choice(forced)
+            body["tool_choice"] = (
+                "none" if spent else chat_tool_choice(req.tool_choice, forced, self._names)
+            )
         fmt = req.text.format if req.text else None
         if fmt is not None and fmt.type != "text" and body.get("tool_choice") in (None, "none"):
             body["response_format"] = (
@@ -410,31 +337,10 @@ class ResponseRun:
             )
         return body
 
-    def _chat_tool_choice(self, forced: bool) -> Any:
-        """Forced choices hold until the model has called a tool; then it may answer."""
-        choice = self.request.tool_choice
-        if choice is None or choice == "auto" or (not forced and choice != "none"):
-            return "auto"
-        if isinstance(choice, FunctionToolChoice):
-            return {"type": "function", "function": {"name": choice.name}}
-        if isinstance(choice, McpToolChoice):
-            if choice.name is None:
-                return "required"
-            for name, (binding, tool) in self._names.items():
-                if binding.param.server_label == choice.server_label and tool.name == choice.name:
-                    return {"type": "function", "function": {"name": name}}
-            raise OpenAIError(
-                f"tool_choice names tool {choice.name!r}, which MCP server "
-                f"{choice.server_label!r} does not offer",
-                param="tool_choice.name",
-            )
-        return choice
-
     # -- one model turn --------------------------------------------------------------------
 
-    async def _turn(
-        self, body: dict[str, Any], calls: list[_Call], finish: list[str]
-    ) -> AsyncIterator[ResponseEvent]:
+    async def _turn(self, body: dict[str, Any], turn: TurnResult) -> AsyncIterator[ResponseEvent]:
+        """Stream one chat completion as events; its calls and finish reason go to ``turn``."""
         stream = self.adapter.chat_completion_stream(body)
         message: int | None = None  # output index of this turn's message item
         held = ""  # leading whitespace, kept back until real text comes
@@ -454,7 +360,7 @@ class ResponseRun:
                             if not held.strip():
                                 continue
                             text, held = held, ""
-                            message, added = self._add(_message_item())
+                            message, added = self._add(message_item())
                             yield added
                             yield self._event(
                                 "response.content_part.added",
@@ -484,7 +390,7 @@ class ResponseRun:
                             name = tc.function.name if tc.function else ""
                             call = self._open_call(name or "", tc.id)
                             by_index[tc.index] = call
-                            calls.append(call)
+                            turn.calls.append(call)
                             if call.kind != "mcp_approval_request":
                                 call.index, added = self._add(call.item)
                                 yield added
@@ -503,42 +409,25 @@ class ResponseRun:
                                     delta=piece,
                                 )
                     if choice.finish_reason:
-                        finish.append(choice.finish_reason)
+                        turn.finish_reason = choice.finish_reason
         finally:
             await stream.aclose()
         if message is not None:
             for event in self._close_message(message):
                 yield event
-        truncated = bool(finish) and finish[0] == "length"
-        for call in calls:
-            for event in self._close_call(call, truncated):
+        for call in turn.calls:
+            for event in self._close_call(call, turn.truncated):
                 yield event
 
     def _open_call(self, name: str, call_id: str | None) -> _Call:
         found = self._names.get(name)
         if found is None:
-            item = {
-                "id": new_id("fc"),
-                "type": "function_call",
-                "call_id": call_id or new_id("call"),
-                "name": name,
-                "arguments": "",
-                "status": "in_progress",
-            }
-            return _Call("function_call", item, -1)
+            return _Call("function_call", function_call_item(name, call_id), -1)
         binding, tool = found
+        label = binding.param.server_label
         if binding.param.needs_approval(tool.name):
-            item = {
-                "id": new_id("mcpr"),
-                "type": "mcp_approval_request",
-                "server_label": binding.param.server_label,
-                "name": tool.name,
-                "arguments": "",
-            }
-            return _Call("mcp_approval_request", item, -1, found)
-        return _Call(
-            "mcp_call", _mcp_call_item(binding.param.server_label, tool.name, ""), -1, found
-        )
+            return _Call("mcp_approval_request", approval_request_item(label, tool.name), -1, found)
+        return _Call("mcp_call", mcp_call_item(label, tool.name, ""), -1, found)
 
     def _close_message(self, index: int) -> list[ResponseEvent]:
         item = self.response.output[index]
@@ -585,7 +474,7 @@ class ResponseRun:
         for call, result in zip(calls, results):
             if result.is_error:
                 call.item["status"] = "failed"
-                call.item["error"] = _execution_error(result.text)
+                call.item["error"] = execution_error(result.text)
                 kind = "response.mcp_call.failed"
             else:
                 call.item["status"] = "completed"
@@ -595,50 +484,15 @@ class ResponseRun:
             yield self._done(call.index)
 
     async def _call(self, call: _Call, over_limit: bool) -> McpToolResult:
-        assert call.tool is not None
-        binding, tool = call.tool
         if over_limit:
             return McpToolResult(
                 text=f"not run: the response's max_tool_calls ({self.request.max_tool_calls}) "
                 "is reached",
                 is_error=True,
             )
-        try:
-            arguments = json.loads(call.item["arguments"] or "{}")
-        except json.JSONDecodeError as exc:
-            return McpToolResult(text=f"the arguments are not valid JSON: {exc}", is_error=True)
-        if not isinstance(arguments, dict):
-            return McpToolResult(text="the arguments must be a JSON object", is_error=True)
-        assert binding.client is not None
-        return await binding.client.call_tool(tool.name, arguments)
-
-
-def _message_item() -> dict[str, Any]:
-    return {
-        "id": new_id("msg"),
-        "type": "message",
-        "role": "assistant",
-        "status": "in_progress",
-        "content": [{"type": "output_text", "text": "", "annotations": [], "logprobs": []}],
-    }
-
-
-def _mcp_call_item(server: str, name: str, arguments: str) -> dict[str, Any]:
-    return {
-        "id": new_id("mcp"),
-        "type": "mcp_call",
-        "server_label": server,
-        "name": name,
-        "arguments": arguments,
-        "output": None,
-        "error": None,
-        "status": "in_progress",
-        "approval_request_id": None,
-    }
-
-
-def _execution_error(text: str) -> dict[str, Any]:
-    return {"type": "mcp_tool_execution_error", "content": [{"type": "text", "text": text}]}
+        assert call.tool is not None
+        binding, tool = call.tool
+        return await binding.call(tool, call.item["arguments"])
 
 
 def _dump(value: Any) -> Any:

@@ -17,8 +17,9 @@ from candle_agents.mcp import McpClient, McpServerConfig
 from candle_agents.openai import OpenAIAdapter
 from candle_agents.openai.errors import OpenAIError, parse_request
 from candle_agents.responses.protocol import McpToolParam, Response, ResponseEvent, ResponsesRequest
-from candle_agents.responses.runner import DEFAULT_MAX_TURNS, McpBinding, ResponseRun
+from candle_agents.responses.runner import DEFAULT_MAX_TURNS, ResponseRun
 from candle_agents.responses.store import ResponseStore
+from candle_agents.responses.tools import McpBinding
 
 _FINAL_EVENTS = ("response.completed", "response.incomplete", "response.failed")
 
