@@ -19,7 +19,7 @@ from candle_agents.engine.block_manager import BlockManager
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.grammar import LazyGrammarCompiler
 from candle_agents.engine.intake import Intake, Prompt
-from candle_agents.engine.loader import open_checkpoint
+from candle_agents.engine.loader import DEFAULT_MODEL, open_checkpoint
 from candle_agents.engine.loop import EngineLoop
 from candle_agents.engine.model_runner import ModelRunner
 from candle_agents.engine.outputs import GenerationResult, StreamDelta
@@ -50,7 +50,7 @@ class Engine:
         self.config = config
         resolve_device(config.device)  # fail on an unavailable device before loading anything
         checkpoint = open_checkpoint(config.model)
-        self.model_name = config.model or "smollm2-135m-instruct"
+        self.model_name = config.model or DEFAULT_MODEL
         self.tokenizer = TextTokenizer(checkpoint.tokenizer, checkpoint.tokenizer_info)
         self.eos_token_ids = frozenset(checkpoint.eos_token_ids)
         self.runner = ModelRunner(checkpoint, config)

@@ -1,25 +1,13 @@
-"""LlamaIndex LLM on the in-process engine: :class:`CandleLLM`.
-
-``CandleLLM`` is a ``FunctionCallingLLM``: query engines, chat engines,
-``FunctionAgent`` and structured outputs work with a local model and no
-network. Requests go through :class:`~candle_agents.openai.OpenAIAdapter`, so
-forced tool calls (``tool_required`` or a named ``tool_choice``) and
-structured outputs are enforced by constrained decoding.
-
-Needs ``pip install "candle-agents[llamaindex]"``.
-"""
+"""CandleLLM, LlamaIndex's FunctionCallingLLM over the engine's OpenAIAdapter: chat and
+completion (sync on the background loop, async on the caller's), tool calls and
+structured outputs decoded under their JSON schema."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import threading
-import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from llama_index.core.base.llms.types import (
-    CachePoint,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -28,10 +16,7 @@ from llama_index.core.base.llms.types import (
     CompletionResponseAsyncGen,
     CompletionResponseGen,
     LLMMetadata,
-    LogProb,
     MessageRole,
-    TextBlock,
-    ThinkingBlock,
     ToolCallBlock,
 )
 from llama_index.core.bridge.pydantic import Field, PrivateAttr, ValidationError
@@ -43,45 +28,40 @@ from llama_index.core.instrumentation.events.llm import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection, default_completion_to_prompt
-from llama_index.core.llms.utils import parse_partial_json
 from llama_index.core.types import PydanticProgramMode
 
 from candle_agents._loop import iterate_sync, run_sync
 from candle_agents.engine import Engine
-from candle_agents.errors import ConfigError
+from candle_agents.integrations._engine import (
+    DEFAULT_MODEL,
+    aadapter_for,
+    adapter_for,
+    resolve_model,
+)
+from candle_agents.integrations._tools import closed_schema
+from candle_agents.integrations._tools import tool_choice as openai_tool_choice
+from candle_agents.integrations.llamaindex.messages import (
+    arguments_dict,
+    chat_response,
+    chat_stream,
+    chat_stream_as_completion,
+    chat_to_completion,
+    completion_response,
+    completion_stream,
+    to_openai_messages,
+)
 from candle_agents.openai import OpenAIAdapter
-from candle_agents.openai.protocol import (
-    ChatCompletionChunk,
-    ChatCompletionResponse,
-    ChoiceLogprobs,
-    UsageInfo,
-)
-from candle_agents.openai.protocol import (
-    CompletionResponse as OpenAICompletion,
-)
+from candle_agents.openai.protocol import ChatCompletionChunk
 
 if TYPE_CHECKING:
     from llama_index.core.bridge.pydantic import BaseModel
     from llama_index.core.prompts import BasePromptTemplate
     from llama_index.core.tools.types import BaseTool
 
-__all__ = ["DEFAULT_MODEL", "CandleLLM"]
+__all__ = ["CandleLLM"]
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-
-dispatcher = get_dispatcher(__name__)
-
-# One adapter per engine: CandleLLMs on the same model and config share both.
-_adapters: weakref.WeakKeyDictionary[Engine, OpenAIAdapter] = weakref.WeakKeyDictionary()
-_adapters_lock = threading.Lock()
-
-
-def _adapter_for(engine: Engine) -> OpenAIAdapter:
-    with _adapters_lock:
-        adapter = _adapters.get(engine)
-        if adapter is None:
-            adapter = _adapters[engine] = OpenAIAdapter(engine)
-        return adapter
+# Named for the public module, as LlamaIndex's instrumentation saw it before the split.
+dispatcher = get_dispatcher(__package__)
 
 
 class _EngineRef:
@@ -132,19 +112,7 @@ class CandleLLM(FunctionCallingLLM):
         engine_config: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if engine is not None and engine_config:
-            raise ConfigError(
-                "pass either engine or engine_config, not both: engine_config only "
-                "configures the engine CandleLLM loads itself",
-                field="engine_config",
-            )
-        if engine_config and "model" in engine_config:
-            raise ConfigError(
-                "give the model as CandleLLM(model=...), not inside engine_config",
-                field="engine_config",
-            )
-        if model is None:
-            model = engine.model_name if engine is not None else DEFAULT_MODEL
+        model = resolve_model("CandleLLM", model, engine, engine_config)
         super().__init__(model=model, engine_config=dict(engine_config or {}), **kwargs)
         self._ref = _EngineRef(engine)
 
@@ -165,13 +133,10 @@ class CandleLLM(FunctionCallingLLM):
     @property
     def adapter(self) -> OpenAIAdapter:
         """The OpenAI adapter over :attr:`engine` (one per engine)."""
-        return _adapter_for(self.engine)
+        return adapter_for(self.engine)
 
     async def _aadapter(self) -> OpenAIAdapter:
-        if self._ref.engine is None:
-            # Loading takes seconds: keep the caller's event loop running meanwhile.
-            await asyncio.to_thread(lambda: self.engine)
-        return self.adapter
+        return await aadapter_for(self._ref.engine, lambda: self.engine)
 
     @property
     def metadata(self) -> LLMMetadata:
@@ -238,14 +203,14 @@ class CandleLLM(FunctionCallingLLM):
         """Answer a conversation (``tools``/``tool_choice``/``response_format`` pass through)."""
         request = self._chat_request(messages, False, kwargs)
         adapter = self.adapter
-        return _chat_response(run_sync(adapter.chat_completion(request)))
+        return chat_response(run_sync(adapter.chat_completion(request)))
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         """Async :meth:`chat`, awaited on the caller's event loop."""
         request = self._chat_request(messages, False, kwargs)
         adapter = await self._aadapter()
-        return _chat_response(await adapter.chat_completion(request))
+        return chat_response(await adapter.chat_completion(request))
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
@@ -261,7 +226,7 @@ class CandleLLM(FunctionCallingLLM):
         chunks = run_sync(open_stream())
 
         def gen() -> ChatResponseGen:
-            yield from iterate_sync(_chat_stream(chunks))
+            yield from iterate_sync(chat_stream(chunks))
 
         return gen()
 
@@ -272,7 +237,7 @@ class CandleLLM(FunctionCallingLLM):
         """Async :meth:`stream_chat`; the caller's loop keeps running between tokens."""
         request = self._chat_request(messages, True, kwargs)
         adapter = await self._aadapter()
-        return _chat_stream(adapter.chat_completion_stream(request))
+        return chat_stream(adapter.chat_completion_stream(request))
 
     # -- completion ---------------------------------------------------------------------
 
@@ -283,9 +248,9 @@ class CandleLLM(FunctionCallingLLM):
         adapter = self.adapter
         if isinstance(target, str):
             request = self._completion_request(target, False, kwargs)
-            return _completion_response(run_sync(adapter.completion(request)))
+            return completion_response(run_sync(adapter.completion(request)))
         request = self._chat_request(target, False, kwargs)
-        return _chat_to_completion(_chat_response(run_sync(adapter.chat_completion(request))))
+        return chat_to_completion(chat_response(run_sync(adapter.chat_completion(request))))
 
     @llm_completion_callback()
     async def acomplete(
@@ -296,9 +261,9 @@ class CandleLLM(FunctionCallingLLM):
         adapter = await self._aadapter()
         if isinstance(target, str):
             request = self._completion_request(target, False, kwargs)
-            return _completion_response(await adapter.completion(request))
+            return completion_response(await adapter.completion(request))
         request = self._chat_request(target, False, kwargs)
-        return _chat_to_completion(_chat_response(await adapter.chat_completion(request)))
+        return chat_to_completion(chat_response(await adapter.chat_completion(request)))
 
     @llm_completion_callback()
     def stream_complete(
@@ -311,9 +276,9 @@ class CandleLLM(FunctionCallingLLM):
         async def open_stream() -> AsyncIterator[CompletionResponse]:
             if isinstance(target, str):
                 request = self._completion_request(target, True, kwargs)
-                return _completion_stream(adapter.completion_stream(request))
+                return completion_stream(adapter.completion_stream(request))
             request = self._chat_request(target, True, kwargs)
-            return _chat_stream_as_completion(adapter.chat_completion_stream(request))
+            return chat_stream_as_completion(adapter.chat_completion_stream(request))
 
         responses = run_sync(open_stream())
 
@@ -331,9 +296,9 @@ class CandleLLM(FunctionCallingLLM):
         adapter = await self._aadapter()
         if isinstance(target, str):
             request = self._completion_request(target, True, kwargs)
-            return _completion_stream(adapter.completion_stream(request))
+            return completion_stream(adapter.completion_stream(request))
         request = self._chat_request(target, True, kwargs)
-        return _chat_stream_as_completion(adapter.chat_completion_stream(request))
+        return chat_stream_as_completion(adapter.chat_completion_stream(request))
 
     # -- tools --------------------------------------------------------------------------
 
@@ -359,13 +324,15 @@ class CandleLLM(FunctionCallingLLM):
             user_msg = ChatMessage(role=MessageRole.USER, content=user_msg)
         if user_msg is not None:
             messages.append(user_msg)
-        specs = [t.metadata.to_openai_tool(skip_length_check=True) for t in tools]
+        specs = [_openai_tool(t) for t in tools]
         if not specs:
             return {"messages": messages, **kwargs}
+        if tool_choice is None:
+            tool_choice = "required" if tool_required else "auto"
         return {
             "messages": messages,
             "tools": specs,
-            "tool_choice": _tool_choice(tool_choice, tool_required, specs),
+            "tool_choice": openai_tool_choice(tool_choice, [s["function"]["name"] for s in specs]),
             "parallel_tool_calls": allow_parallel_tool_calls,
             **kwargs,
         }
@@ -407,7 +374,7 @@ class CandleLLM(FunctionCallingLLM):
                 ToolSelection(
                     tool_id=block.tool_call_id or "",
                     tool_name=block.tool_name,
-                    tool_kwargs=_arguments_dict(block.tool_kwargs),
+                    tool_kwargs=arguments_dict(block.tool_kwargs),
                 )
             )
         if not selections and error_on_no_tool_call:
@@ -548,141 +515,6 @@ class CandleLLM(FunctionCallingLLM):
         return gen()
 
 
-# -- LlamaIndex messages -> OpenAI messages --------------------------------------------------
-
-_ROLES = {
-    MessageRole.SYSTEM: "system",
-    MessageRole.DEVELOPER: "system",
-    MessageRole.USER: "user",
-    MessageRole.ASSISTANT: "assistant",
-    MessageRole.CHATBOT: "assistant",
-    MessageRole.MODEL: "assistant",
-    MessageRole.TOOL: "tool",
-    MessageRole.FUNCTION: "tool",
-}
-
-
-def to_openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    """LlamaIndex chat messages as OpenAI chat messages.
-
-    Assistant tool calls come from ``ToolCallBlock``s (or, for older code, from
-    ``additional_kwargs["tool_calls"]``); tool results carry ``tool_call_id``
-    in ``additional_kwargs`` (a result without one answers the next open call).
-    """
-    out: list[dict[str, Any]] = []
-    open_calls: list[str] = []  # ids of the last assistant turn's calls not yet answered
-    for i, msg in enumerate(messages):
-        role = _ROLES.get(MessageRole(msg.role))
-        if role is None:  # pragma: no cover - MessageRole is a closed enum
-            raise ConfigError(f"messages[{i}] has unknown role {msg.role!r}", field="messages")
-        text = _text(msg, i)
-        entry: dict[str, Any] = {"role": role, "content": text}
-        name = msg.additional_kwargs.get("name")
-        if role == "assistant":
-            calls = _history_calls(msg, i)
-            if calls:
-                entry["tool_calls"] = calls
-                entry["content"] = text or None
-                open_calls = [c["id"] for c in calls]
-        elif role == "tool":
-            call_id = msg.additional_kwargs.get("tool_call_id")
-            if call_id is None:
-                call_id = open_calls[0] if open_calls else f"call_{i}"
-            if call_id in open_calls:
-                open_calls.remove(call_id)
-            entry["tool_call_id"] = str(call_id)
-        if name and role != "system":
-            entry["name"] = str(name)
-        out.append(entry)
-    return out
-
-
-def _text(msg: ChatMessage, index: int) -> str:
-    parts: list[str] = []
-    for block in msg.blocks:
-        if isinstance(block, TextBlock):
-            parts.append(block.text)
-        elif isinstance(block, (ToolCallBlock, CachePoint, ThinkingBlock)):
-            continue  # tool calls travel separately; the others are provider hints
-        else:
-            raise ConfigError(
-                f"messages[{index}] holds a {type(block).__name__}; CandleLLM's models read "
-                "text only: send text (or describe the content in words)",
-                field="messages",
-            )
-    return "\n".join(parts)
-
-
-def _history_calls(msg: ChatMessage, index: int) -> list[dict[str, Any]]:
-    calls = []
-    blocks = [b for b in msg.blocks if isinstance(b, ToolCallBlock)]
-    for k, block in enumerate(blocks):
-        arguments = block.tool_kwargs
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        calls.append(
-            {
-                "id": block.tool_call_id or f"call_{index}_{k}",
-                "type": "function",
-                "function": {"name": block.tool_name, "arguments": arguments or "{}"},
-            }
-        )
-    if calls:
-        return calls
-    for k, call in enumerate(msg.additional_kwargs.get("tool_calls") or []):
-        if hasattr(call, "model_dump"):  # e.g. the openai SDK's objects
-            call = call.model_dump()
-        if not isinstance(call, dict) or "function" not in call:
-            continue
-        function = call["function"]
-        arguments = function.get("arguments") or "{}"
-        if not isinstance(arguments, str):
-            arguments = json.dumps(arguments, ensure_ascii=False)
-        calls.append(
-            {
-                "id": call.get("id") or f"call_{index}_{k}",
-                "type": "function",
-                "function": {"name": function["name"], "arguments": arguments},
-            }
-        )
-    return calls
-
-
-def _tool_choice(
-    choice: str | dict[str, Any] | None, required: bool, specs: list[dict[str, Any]]
-) -> str | dict[str, Any]:
-    names = {s["function"]["name"] for s in specs}
-    if choice is None:
-        return "required" if required else "auto"
-    if isinstance(choice, dict):
-        if "function" not in choice and "name" in choice:
-            return {"type": "function", "function": {"name": choice["name"]}}
-        return choice
-    if choice in ("auto", "none", "required"):
-        return choice
-    if choice == "any":  # Anthropic's spelling of "required"
-        return "required"
-    if choice in names:
-        return {"type": "function", "function": {"name": choice}}
-    raise ConfigError(
-        f"tool_choice={choice!r} is neither auto, none, required nor one of the tools "
-        f"({', '.join(sorted(names))})",
-        field="tool_choice",
-    )
-
-
-def _arguments_dict(arguments: dict[str, Any] | str) -> dict[str, Any]:
-    if isinstance(arguments, dict):
-        return arguments
-    if not arguments.strip():
-        return {}
-    try:
-        parsed = parse_partial_json(arguments)
-    except (ValueError, TypeError):
-        return {}
-    return parsed if isinstance(parsed, dict) else {}
-
-
 def _parse_structured(output_cls: type[BaseModel], text: str) -> BaseModel:
     try:
         return output_cls.model_validate_json(text)
@@ -693,162 +525,8 @@ def _parse_structured(output_cls: type[BaseModel], text: str) -> BaseModel:
         ) from exc
 
 
-# -- OpenAI responses -> LlamaIndex responses ----------------------------------------------
-
-
-def _usage_kwargs(usage: UsageInfo | None) -> dict[str, Any]:
-    if usage is None:
-        return {}
-    return {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-    }
-
-
-def _logprobs(logprobs: ChoiceLogprobs | None) -> list[list[LogProb]] | None:
-    if logprobs is None or logprobs.content is None:
-        return None
-    return [
-        [LogProb(token=t.token, logprob=t.logprob, bytes=t.bytes or [])]
-        + [LogProb(token=x.token, logprob=x.logprob, bytes=x.bytes or []) for x in t.top_logprobs]
-        for t in logprobs.content
-    ]
-
-
-def _message(text: str, calls: list[tuple[str | None, str, str]], final: bool) -> ChatMessage:
-    """An assistant message: text, then one ToolCallBlock per (id, name, arguments).
-
-    Arguments stay JSON text while streaming (they may be partial) and become a
-    dict once complete. ``additional_kwargs["tool_calls"]`` repeats the calls in
-    OpenAI's shape for LlamaIndex code that still reads them there.
-    """
-    blocks: list[Any] = []
-    if text or not calls:
-        blocks.append(TextBlock(text=text))
-    openai_calls = []
-    for call_id, name, arguments in calls:
-        kwargs: dict[str, Any] | str = arguments
-        if final:
-            try:
-                decoded = json.loads(arguments or "{}")
-                kwargs = decoded if isinstance(decoded, dict) else arguments
-            except ValueError:
-                kwargs = arguments
-        blocks.append(ToolCallBlock(tool_call_id=call_id, tool_name=name, tool_kwargs=kwargs))
-        openai_calls.append(
-            {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
-        )
-    extra = {"tool_calls": openai_calls} if openai_calls else {}
-    return ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=extra)
-
-
-def _chat_response(response: ChatCompletionResponse) -> ChatResponse:
-    choice = response.choices[0]
-    calls = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
-    return ChatResponse(
-        message=_message(choice.message.content or "", calls, final=True),
-        raw=response,
-        logprobs=_logprobs(choice.logprobs),
-        additional_kwargs=_usage_kwargs(response.usage),
-    )
-
-
-async def _chat_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatResponseAsyncGen:
-    text = ""
-    calls: dict[int, list[Any]] = {}  # index -> [id, name, arguments so far]
-    last: ChatCompletionChunk | None = None
-    try:
-        async for chunk in chunks:
-            last = chunk
-            if not chunk.choices:
-                continue  # the usage chunk: reported once the stream ends
-            choice = chunk.choices[0]
-            delta = choice.delta
-            piece = delta.content or ""
-            text += piece
-            for call in delta.tool_calls or []:
-                entry = calls.setdefault(call.index, [None, "", ""])
-                if call.id:
-                    entry[0] = call.id
-                if call.function is not None:
-                    entry[1] += call.function.name or ""
-                    entry[2] += call.function.arguments or ""
-            if piece or delta.tool_calls or choice.logprobs is not None:
-                yield ChatResponse(
-                    message=_message(text, _ordered(calls), final=False),
-                    delta=piece,
-                    raw=chunk,
-                    logprobs=_logprobs(choice.logprobs),
-                )
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()  # an early exit aborts the request and frees its KV blocks
-    # The last response completes the message: arguments decoded, usage attached.
-    yield ChatResponse(
-        message=_message(text, _ordered(calls), final=True),
-        delta="",
-        raw=last,
-        additional_kwargs=_usage_kwargs(last.usage if last is not None else None),
-    )
-
-
-def _ordered(calls: dict[int, list[Any]]) -> list[tuple[str | None, str, str]]:
-    return [(c[0], c[1], c[2]) for _, c in sorted(calls.items())]
-
-
-def _chat_to_completion(response: ChatResponse) -> CompletionResponse:
-    return CompletionResponse(
-        text=response.message.content or "",
-        raw=response.raw,
-        logprobs=response.logprobs,
-        additional_kwargs=response.additional_kwargs,
-    )
-
-
-async def _chat_stream_as_completion(
-    chunks: AsyncIterator[ChatCompletionChunk],
-) -> CompletionResponseAsyncGen:
-    async for response in _chat_stream(chunks):
-        yield CompletionResponse(
-            text=response.message.content or "",
-            delta=response.delta,
-            raw=response.raw,
-            logprobs=response.logprobs,
-            additional_kwargs=response.additional_kwargs,
-        )
-
-
-def _completion_response(response: OpenAICompletion) -> CompletionResponse:
-    return CompletionResponse(
-        text=response.choices[0].text,
-        raw=response,
-        additional_kwargs=_usage_kwargs(response.usage),
-    )
-
-
-async def _completion_stream(
-    chunks: AsyncIterator[OpenAICompletion],
-) -> CompletionResponseAsyncGen:
-    text = ""
-    last: OpenAICompletion | None = None
-    try:
-        async for chunk in chunks:
-            last = chunk
-            if not chunk.choices:
-                continue
-            piece = chunk.choices[0].text
-            text += piece
-            if piece:
-                yield CompletionResponse(text=text, delta=piece, raw=chunk)
-    finally:
-        aclose = getattr(chunks, "aclose", None)
-        if aclose is not None:
-            await aclose()
-    yield CompletionResponse(
-        text=text,
-        delta="",
-        raw=last,
-        additional_kwargs=_usage_kwargs(last.usage if last is not None else None),
-    )
+def _openai_tool(tool: BaseTool) -> dict[str, Any]:
+    """``tool`` in OpenAI's form, its argument schema (derived from pydantic) closed."""
+    spec = tool.metadata.to_openai_tool(skip_length_check=True)
+    spec["function"]["parameters"] = closed_schema(spec["function"]["parameters"])
+    return spec
