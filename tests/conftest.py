@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -13,9 +12,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 # Servers store responses in the user's data directory by default: keep the tests' apart.
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="candle-agents-test-data-")
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from tiny_models import ARCHS, build_tiny_model
+from tests.support.tiny_models import ARCHS, build_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
     python tests/data/make_gguf_files.py [--keep-work DIR]
 
-Builds tiny random HF models with tests/tiny_models.py, converts each to an F32 GGUF
+Builds tiny random HF models with tests/support/tiny_models.py, converts each to an F32 GGUF
 with llama.cpp's own converter (convert_hf_to_gguf.py), then quantizes it with
 llama.cpp's own llama-quantize, so the files have exactly the layout, tensor-type
 mixtures and metadata that real llama.cpp files have. It also rewrites
@@ -25,9 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "gguf"
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root, for tests.support
 
-from tiny_models import build_tiny_model  # noqa: E402
+from tests.support.tiny_models import build_tiny_model  # noqa: E402
 
 # K-quants need row lengths that are multiples of 256.
 H256 = dict(hidden_size=256, intermediate_size=512)
@@ -125,7 +125,7 @@ def describe(names: list[str]) -> str:
 
 README_HEAD = """# Real-format quantized GGUF test files
 
-Written by llama.cpp's own tools from tiny random models (tests/tiny_models.py, a
+Written by llama.cpp's own tools from tiny random models (tests/support/tiny_models.py, a
 384-token byte-level BPE vocabulary): `convert_hf_to_gguf.py --outtype f32`, then
 `llama-quantize <f32.gguf> <out.gguf> <TYPE> 2`. Regenerate (by hand, never in CI) with
 
@@ -141,7 +141,7 @@ heads 4 / KV heads 2, head_dim 64 (qwen3: 2 / 1 heads of 128, the only head_dim
 transformers' qwen3 GGUF loader takes); one layer, or two for the mixtures that pick
 types per layer. `llama-h64` is hidden 64, intermediate 128, 2 layers: no row fits a
 256-value block, so llama-quantize falls back per tensor (Q4_K -> Q5_0, Q6_K -> Q8_0).
-Tests: tests/test_gguf_files.py compares our loader, tokenizer and greedy output with
+Tests: tests/engine/test_gguf_files.py compares our loader, tokenizer and greedy output with
 transformers loading the same file.
 
 | file | layers | size | tensor types (GGUF names; [layers]) |

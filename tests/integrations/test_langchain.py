@@ -25,7 +25,6 @@ from langchain_core.messages import (
     ToolMessage,
 )
 from langchain_core.tools import tool
-from langchain_features import ENGINE_CONFIG
 from pydantic import BaseModel, Field
 from typing_extensions import TypedDict
 
@@ -38,6 +37,7 @@ from candle_agents.integrations.langchain import (
     convert_messages,
 )
 from candle_agents.openai import OpenAIError
+from tests.integrations.langchain_features import ENGINE_CONFIG
 
 
 def make_model(**kwargs: Any) -> ChatCandle:

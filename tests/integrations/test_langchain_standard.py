@@ -13,11 +13,11 @@ import pytest
 pytest.importorskip("langchain_tests")
 
 from langchain_core.language_models import BaseChatModel
-from langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 from langchain_tests.integration_tests import ChatModelIntegrationTests
 
 from candle_agents.engine.loader import default_gguf_path
 from candle_agents.integrations.langchain import ChatCandle
+from tests.integrations.langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 
 EXAMPLE_COPIED = (
     "the tools prompt's example call has concrete argument values (candle_agents/openai/"

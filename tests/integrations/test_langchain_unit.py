@@ -11,10 +11,10 @@ import pytest
 
 pytest.importorskip("langchain_tests")
 
-from langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from candle_agents.integrations.langchain import ChatCandle
+from tests.integrations.langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 
 
 class TestChatCandleUnit(ChatCandleFeatures, ChatModelUnitTests):

@@ -12,7 +12,6 @@ import pytest
 pytest.importorskip("langchain_core")
 pytest.importorskip("llama_index.core")
 
-from langchain_features import ENGINE_CONFIG
 from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel
 
@@ -21,6 +20,7 @@ from candle_agents.engine import Engine
 from candle_agents.integrations import _engine
 from candle_agents.integrations.langchain import ChatCandle
 from candle_agents.integrations.llamaindex import CandleLLM
+from tests.integrations.langchain_features import ENGINE_CONFIG
 
 
 class Place(BaseModel):

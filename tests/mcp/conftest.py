@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mcp_servers import running_http_server, stdio_config
+
+from tests.support.mcp_servers import running_http_server, stdio_config
 
 pytest.importorskip("mcp", reason="the MCP client tests need the 'mcp' extra")
 

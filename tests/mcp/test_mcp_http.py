@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
-from mcp_servers import SECRET_WORD, free_port, http_config, start_http_server
 
 from candle_agents.mcp import McpClient, McpConnectionError, McpServerConfig
+from tests.support.mcp_servers import SECRET_WORD, free_port, http_config, start_http_server
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

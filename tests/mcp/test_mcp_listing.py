@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from mcp_servers import http_config, stdio_config
 
 from candle_agents.mcp import McpClient
+from tests.support.mcp_servers import http_config, stdio_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

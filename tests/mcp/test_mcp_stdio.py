@@ -11,9 +11,9 @@ from datetime import datetime
 
 import pytest
 import pytest_asyncio
-from mcp_servers import SECRET_WORD, stdio_config
 
 from candle_agents.mcp import McpClient, McpConnectionError, McpServerConfig
+from tests.support.mcp_servers import SECRET_WORD, stdio_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from mcp_servers import http_config
-
 from candle_agents._loop import run_sync
 from candle_agents.mcp import McpClient
+from tests.support.mcp_servers import http_config
 
 
 def test_sync_face_on_the_background_loop(demo_http_url):

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import pytest_asyncio
-from mcp_servers import SECRET_WORD, free_port, http_config, stdio_config
 
 from candle_agents.mcp import (
     McpClient,
@@ -17,6 +16,7 @@ from candle_agents.mcp import (
     McpServerConfig,
     McpToolset,
 )
+from tests.support.mcp_servers import SECRET_WORD, free_port, http_config, stdio_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

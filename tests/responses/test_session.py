@@ -6,11 +6,11 @@ import json
 import sys
 
 import pytest
-from mcp_servers import DEMO_SERVER, SECRET_WORD
 
 from candle_agents import Engine
 from candle_agents.mcp import McpConnectionError
 from candle_agents.responses import ConversationOptions, ResponsesSession
+from tests.support.mcp_servers import DEMO_SERVER, SECRET_WORD
 
 ENGINE = dict(kv_cache_memory=64 * 2**20, max_model_len=2048, max_num_seqs=8)
 

@@ -1,6 +1,6 @@
 """/v1/responses over real HTTP with the official client, and real MCP servers as tools.
 
-The MCP servers are the demo server of tests/mcp_servers (stdio from the
+The MCP servers are the demo server of tests/support/mcp_servers (stdio from the
 operator's config, Streamable HTTP by server_url). Forced tool choices make the
 135M model call a tool; what must be right is everything around the call.
 """
@@ -13,9 +13,9 @@ import sys
 import httpx
 import openai
 import pytest
-from mcp_servers import DEMO_SERVER, SECRET_WORD, start_http_server
 
 from candle_agents.server import create_app
+from tests.support.mcp_servers import DEMO_SERVER, SECRET_WORD, start_http_server
 
 SECRET = {"type": "mcp", "server_label": "demo", "name": "get_secret_word"}
 

@@ -6,7 +6,7 @@
  * each with tensor bookkeeping around it: measured on SmolLM2-135M (30
  * layers, 2 vCPUs), 9 of a step's 21 ms were spent between the kernels.
  * Here the same kernels run in the same order on the same buffers, so the
- * result is bit for bit the Python path's (tests/test_decode_stack.py).
+ * result is bit for bit the Python path's (tests/kernels/test_decode_stack.py).
  *
  * The model is described once at load (stack_model, filled by
  * engine/decode_stack.py); a step passes only its activations and indices. */

@@ -195,7 +195,7 @@ def _rotary_kernel(
     )
 
 
-# -- launch configurations (shared with tests/triton_compile_check.py) ---------------
+# -- launch configurations (shared with tests/support/triton_compile_check.py) ---------------
 #
 # On a GPU a program gets about 2-4K elements: one row of a 2048-wide norm,
 # or several rows of a narrow one; the block is not shrunk to the row count,

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from checks import assert_all_blocks_free, run_in_isa_build
-from test_engine_exactness import make_prompts
 
 from candle_agents import Engine, GenerationParams
 from candle_agents.engine import cpu_kernels
 from candle_agents.engine.layers.linear import PackedLinear
+from tests.support.checks import assert_all_blocks_free, run_in_isa_build
+from tests.support.exactness import make_prompts
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler here")
 
-GGUF = Path(__file__).parent / "data" / "gguf"
+GGUF = Path(__file__).parents[1] / "data" / "gguf"
 STEPS = GenerationParams(max_tokens=20, temperature=0.0, ignore_eos=True)
 # block_size 16: prompts of 15-17 tokens cross a block edge on their first decode steps
 LENGTHS = [1, 15, 16, 17, 40]

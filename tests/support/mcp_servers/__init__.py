@@ -1,9 +1,8 @@
 """MCP servers for tests: the demo server and helpers to run it.
 
-``tests/`` is on ``sys.path`` (see tests/conftest.py), so other tests import this
-as ``mcp_servers``::
+Other tests import it as ``tests.support.mcp_servers``::
 
-    from mcp_servers import stdio_config, start_http_server
+    from tests.support.mcp_servers import stdio_config, start_http_server
 """
 
 from __future__ import annotations

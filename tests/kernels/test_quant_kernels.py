@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import run_in_isa_build
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from gguf.quants import dequantize as gguf_dequantize
 
 from candle_agents.engine import cpu_kernels
+from tests.support.checks import run_in_isa_build
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler here")
 

@@ -7,12 +7,12 @@ import json
 
 import jsonschema
 import pytest
-from checks import assert_all_blocks_free
 
 from candle_agents import Engine
 from candle_agents.openai import ChatCompletionRequest, OpenAIAdapter, OpenAIError
 from candle_agents.openai.chat import build_messages, offered_tools
 from candle_agents.openai.tool_parsers import get_tool_parser
+from tests.support.checks import assert_all_blocks_free
 
 WEATHER = {
     "type": "function",

@@ -4,7 +4,7 @@ On CPU the kernels run in triton's interpreter (conftest sets TRITON_INTERPRET),
 about 10-20 ms a program, so the scenarios are small: they cover prefill with
 and without history, chunked prefill beside decodes, prefix-cache hits,
 padding rows in CUDA-graph buckets and poisoned cache memory. On a GPU machine,
-``TRITON_INTERPRET=0 pytest tests/test_triton_backend.py`` runs the same
+``TRITON_INTERPRET=0 pytest tests/engine/test_triton_backend.py`` runs the same
 scenarios on CUDA (float32, to stay token-exact), plus real CUDA graphs.
 """
 
@@ -15,14 +15,14 @@ from typing import ClassVar
 
 import pytest
 import torch
-from checks import assert_all_blocks_free
-from test_engine_exactness import GREEDY, MAX_NEW, Reference, check, engine_for, make_prompts
 
 from candle_agents import GenerationParams
 from candle_agents.engine.attention import get_backend
 from candle_agents.engine.cuda_graph import batch_buckets
 from candle_agents.engine.platform import interpreting
 from candle_agents.errors import ConfigError
+from tests.support.checks import assert_all_blocks_free
+from tests.support.exactness import GREEDY, MAX_NEW, Reference, check, engine_for, make_prompts
 
 _refs: dict[str, Reference] = {}
 # The interpreter runs on CPU tensors; without it the kernels need CUDA.
@@ -198,7 +198,7 @@ def test_kernels_compile_for_nvidia_gpus_without_one():
     import sys
     from pathlib import Path
 
-    script = Path(__file__).with_name("triton_compile_check.py")
+    script = Path(__file__).parents[1] / "support" / "triton_compile_check.py"
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_DEFAULT_FP_FUSION": "1"}
     done = subprocess.run(
         [sys.executable, str(script), "80", "90"],
@@ -230,7 +230,7 @@ def test_gpu_benchmark_runs_in_smoke_mode(tmp_path):
     import sys
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "benchmarks" / "gpu_throughput.py"
+    script = Path(__file__).parents[2] / "benchmarks" / "gpu_throughput.py"
     out = tmp_path / "smoke.json"
     done = subprocess.run(
         [sys.executable, str(script), "--smoke", "--json", str(out)],

@@ -7,8 +7,6 @@ import threading
 
 import pytest
 import torch
-from checks import assert_all_blocks_free
-from tiny_models import build_tiny_model
 
 from candle_agents import (
     ConfigError,
@@ -22,6 +20,8 @@ from candle_agents import (
     TokenizationError,
 )
 from candle_agents.engine.detokenizer import IncrementalDetokenizer
+from tests.support.checks import assert_all_blocks_free
+from tests.support.tiny_models import build_tiny_model
 
 GREEDY = GenerationParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 

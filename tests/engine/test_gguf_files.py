@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import transformers
 from gguf import GGUFReader
-from test_engine_exactness import GREEDY, Reference, check, engine_for
-from tiny_models import CORPUS, build_tokenizer
 
 from candle_agents.engine.loader.gguf import load_gguf
+from tests.support.exactness import GREEDY, Reference, check, engine_for
+from tests.support.tiny_models import CORPUS, build_tokenizer
 
-DATA = Path(__file__).parent / "data" / "gguf"
+DATA = Path(__file__).parents[1] / "data" / "gguf"
 
 # file stem -> (HF architecture, layers, GGML tensor types it holds), as
 # tests/data/make_gguf_files.py wrote them (see tests/data/gguf/README.md).

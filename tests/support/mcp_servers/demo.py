@@ -3,7 +3,7 @@
 Run it over stdio (the default), Streamable HTTP (``--http --port N``) or the
 legacy HTTP+SSE transport (``--sse --port N``)::
 
-    python tests/mcp_servers/demo.py [--http | --sse] [--port N]
+    python tests/support/mcp_servers/demo.py [--http | --sse] [--port N]
         [--name NAME] [--echo-prefix P] [--many-tools N] [--page-size N] [--legacy]
 
 ``--legacy`` makes it answer like a pre-2026 server (no ``server/discover``), so

@@ -13,10 +13,10 @@ import asyncio
 import pytest
 import torch
 import transformers
-from checks import assert_all_blocks_free
 
 from candle_agents import Engine, GenerationParams
 from candle_agents.engine.loader import default_gguf_path
+from tests.support.checks import assert_all_blocks_free
 
 NEW = 12
 GREEDY = GenerationParams(max_tokens=NEW, temperature=0.0, ignore_eos=True)

@@ -1,5 +1,4 @@
-"""Assertions shared by test modules (conftest.py files are not importable by name:
-several directories have one)."""
+"""Assertions shared by test modules."""
 
 from __future__ import annotations
 
@@ -24,10 +23,9 @@ def run_in_isa_build(isa: str, test_file: str, call: str, marker: str) -> None:
     One process per ISA: a process loads one build of the kernels."""
     if platform.machine() != "x86_64":
         pytest.skip("ISA levels are x86 only")
-    tests = Path(__file__).parent
+    root = Path(__file__).parents[2]  # the repository root: tests.support imports from it
     code = (
         "import importlib.util, sys\n"
-        f"sys.path.insert(0, {str(tests)!r})\n"
         f"spec = importlib.util.spec_from_file_location('isa_check', {str(test_file)!r})\n"
         "mod = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(mod)\n"
@@ -39,7 +37,7 @@ def run_in_isa_build(isa: str, test_file: str, call: str, marker: str) -> None:
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tests.parent,
+        cwd=root,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert marker in done.stdout

@@ -3,7 +3,7 @@
 References: gguf-py's own Q8_0 quantizer and dequantizers, and the blocks that
 llama.cpp's llama-quantize wrote into the committed test files
 (tests/data/gguf/, made by tests/data/make_gguf_files.py from the tiny models that
-tests/tiny_models.py rebuilds here, weight for weight).
+tests/support/tiny_models.py rebuilds here, weight for weight).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGUFReader
 from gguf import GGMLQuantizationType as Q
 from safetensors import safe_open
-from test_gguf_files import DATA
-from tiny_models import build_tiny_model
 
 from candle_agents.engine.loader.gguf import _hf_name
 from candle_agents.engine.quant.quantize import SUPPORTED, quantize
+from tests.engine.test_gguf_files import DATA
+from tests.support.tiny_models import build_tiny_model
 
 
 def dequantized(blocks: torch.Tensor, qtype: Q) -> np.ndarray:

@@ -13,6 +13,7 @@ from candle_agents import ConfigError, Engine, GenerationParams, Grammar
 from candle_agents.engine.grammar import TokenMasks, apply_token_masks
 from candle_agents.engine.sampler import Sampler
 from candle_agents.engine.sequence import Sequence
+from tests.support.checks import assert_all_blocks_free
 
 PERSON = {
     "type": "object",
@@ -46,12 +47,6 @@ def engine():
     eng = Engine.from_pretrained(kv_cache_memory=32 * 2**20)
     yield eng
     eng.shutdown()
-
-
-def assert_all_blocks_free(engine: Engine) -> None:
-    # (Not imported from conftest: tests/server has a conftest module of its own.)
-    assert engine.wait_idle(10), "engine did not become idle"
-    assert engine.num_free_blocks == engine.num_blocks
 
 
 def chat(engine: Engine, question: str) -> str:

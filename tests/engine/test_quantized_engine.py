@@ -14,11 +14,8 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from checks import assert_all_blocks_free
 from gguf import GGUFReader
 from safetensors.torch import load_file, save_file
-from test_engine_exactness import GREEDY, Reference, check, engine_for, make_prompts
-from tiny_models import build_tiny_model
 
 from candle_agents import Engine
 from candle_agents.engine import cpu_kernels
@@ -27,6 +24,9 @@ from candle_agents.engine.quant.apply import QUANTIZE_TYPES
 from candle_agents.engine.quant.layers import QuantEmbedding, QuantLinear
 from candle_agents.engine.quant.quantize import quantize_matrix
 from candle_agents.errors import ConfigError
+from tests.support.checks import assert_all_blocks_free
+from tests.support.exactness import GREEDY, Reference, check, engine_for, make_prompts
+from tests.support.tiny_models import build_tiny_model
 
 pytestmark = pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler here")
 

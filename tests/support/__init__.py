@@ -1,0 +1,1 @@
+"""Helpers shared by test modules: assertions, tiny models, references, MCP servers."""
