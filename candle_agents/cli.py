@@ -83,6 +83,12 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
         "--tool-parser", default=None, help="tool-call format (default: from the chat template)"
     )
     serve.add_argument(
+        "--reasoning-parser",
+        default=None,
+        help="reasoning convention: think (Qwen3, DeepSeek-R1, SmolLM3), gpt_oss or none "
+        "(default: from the chat template)",
+    )
+    serve.add_argument(
         "--mcp-config",
         default=None,
         metavar="FILE",

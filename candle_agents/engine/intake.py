@@ -78,7 +78,29 @@ class Intake:
             # Compiled (or found in the cache) here, so a bad grammar fails in
             # the caller's thread and nothing is queued.
             seq.matcher = self.grammars.get().compile(params.grammar)
+        if params.reasoning is not None:
+            self._follow_reasoning(seq, params)
         return seq
+
+    def _follow_reasoning(self, seq: Sequence, params: GenerationParams) -> None:
+        control = params.reasoning
+        bad = [t for t in (*control.open_ids, *control.close_ids) if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ConfigError(
+                f"reasoning token id {bad[0]} is outside the vocabulary [0, {self.vocab_size})",
+                field="reasoning",
+            )
+        if params.grammar is not None and not control.open_at_start and not control.open_ids:
+            # Undecided, the first tokens would be neither the block's nor the grammar's.
+            raise ConfigError(
+                "a grammar after a reasoning block the prompt does not open needs open_ids "
+                "(the tokens that open the block)",
+                field="reasoning",
+            )
+        seq.reasoning_state = "open" if control.open_at_start else "pending"
+        seq.forced = list(control.open_ids)
+        # The grammar constrains what follows the block: it waits until then.
+        seq.deferred_matcher, seq.matcher = seq.matcher, None
 
     def prompt_ids(self, prompt: Prompt) -> list[int]:
         """The prompt's ids: a str encoded, or a list of ids checked against the vocabulary."""

@@ -170,6 +170,8 @@ class EngineLoop:
     def _emit(self, seq: Sequence, token: int, lp, now: float) -> None:
         if seq.first_token_time is None:
             seq.first_token_time = now
+        if seq.forced:  # written by the engine (a reasoning block's markers), not sampled
+            token, lp = seq.forced.pop(0), None
         text, finish = append_token(seq, token)
         logprobs = None if lp is None else [self._logprob(token, lp)]
         if finish is None:
@@ -193,8 +195,13 @@ class EngineLoop:
     ) -> None:
         self.scheduler.finish(seq)
         seq.finish_reason = reason
-        seq.matcher = None
-        usage = Usage(seq.num_prompt_tokens, len(seq.output_token_ids), seq.cached_tokens or 0)
+        seq.matcher = seq.deferred_matcher = None
+        usage = Usage(
+            seq.num_prompt_tokens,
+            len(seq.output_token_ids),
+            seq.cached_tokens or 0,
+            seq.reasoning_tokens,
+        )
         self.stats.record_finish(seq, usage)
         delta = StreamDelta(
             seq.request_id, text, token_ids or [], logprobs, reason, usage, seq.stop_reason
@@ -210,6 +217,6 @@ class EngineLoop:
     def _fail_all(self, error: CandleError) -> None:
         for seq, sink in list(self.requests.values()):
             self.scheduler.finish(seq)
-            seq.matcher = None
+            seq.matcher = seq.deferred_matcher = None
             sink.put(error)
         self.requests.clear()

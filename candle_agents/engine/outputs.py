@@ -13,6 +13,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    reasoning_tokens: int = 0  # completion tokens inside a reasoning block
 
     @property
     def total_tokens(self) -> int:

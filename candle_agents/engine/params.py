@@ -11,6 +11,33 @@ from candle_agents.errors import ConfigError
 MIN_TEMPERATURE = 1e-5
 
 
+@dataclass(frozen=True)
+class ReasoningControl:
+    """How the engine follows a reasoning block (``<think>`` ... ``</think>``) in the output.
+
+    While the block is open its tokens are counted (``Usage.reasoning_tokens``) and the
+    request's grammar waits: it constrains what follows the block. After ``budget``
+    reasoning tokens the engine writes ``close_ids`` itself. ``open_ids`` are written
+    first, when the prompt leaves opening the block to the model but a grammar must
+    know where the block ends (``open_at_start``: the prompt already opened it).
+    """
+
+    start: str
+    end: str
+    open_at_start: bool = False
+    budget: int | None = None
+    open_ids: tuple[int, ...] = ()
+    close_ids: tuple[int, ...] = ()
+
+    def validate(self) -> None:
+        if not self.start or not self.end:
+            raise ConfigError("reasoning start and end markers must be non-empty", "reasoning")
+        if self.budget is not None and (not isinstance(self.budget, int) or self.budget < 1):
+            raise ConfigError(f"reasoning budget={self.budget!r} must be >= 1", "reasoning")
+        if self.budget is not None and not self.close_ids:
+            raise ConfigError("a reasoning budget needs close_ids to end the block", "reasoning")
+
+
 @dataclass
 class GenerationParams:
     """What to sample and when to stop.
@@ -41,6 +68,7 @@ class GenerationParams:
     skip_special_tokens: bool = True
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: Grammar | None = None
+    reasoning: ReasoningControl | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.temperature, (int, float)) and 0 < self.temperature < MIN_TEMPERATURE:
@@ -108,6 +136,14 @@ class GenerationParams:
                 f".lark(...), .regex(...)), got {type(self.grammar).__name__}",
                 field="grammar",
             )
+
+        if self.reasoning is not None:
+            if not isinstance(self.reasoning, ReasoningControl):
+                raise ConfigError(
+                    f"reasoning must be a ReasoningControl, got {type(self.reasoning).__name__}",
+                    field="reasoning",
+                )
+            self.reasoning.validate()
 
     @property
     def greedy(self) -> bool:

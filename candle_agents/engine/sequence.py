@@ -54,6 +54,14 @@ class Sequence:
     first_token_time: float | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    # Reasoning (params.reasoning): "pending" until the block opens or the output shows
+    # there is none, "open" inside it, "done" after. The grammar's matcher waits in
+    # ``deferred_matcher`` until the block is done; ``forced`` tokens replace samples.
+    reasoning_state: str | None = None
+    reasoning_tokens: int = 0
+    reasoning_from: int = 0  # where in the decoded text the end marker is looked for
+    forced: list[int] = field(default_factory=list)
+    deferred_matcher: LLMatcher | None = None
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -22,11 +22,19 @@ from candle_agents.errors import CandleError
 from candle_agents.openai.chat import (
     build_messages,
     offered_tools,
-    render_prompt,
+    render_text,
     template_supports_tools,
 )
 from candle_agents.openai.errors import OpenAIError, parse_request
-from candle_agents.openai.plan import Plan, choose_grammar, generation_params, guard, new_id
+from candle_agents.openai.plan import (
+    Plan,
+    choose_grammar,
+    generation_params,
+    guard,
+    new_id,
+    reasoning_control,
+    thinking_switch,
+)
 from candle_agents.openai.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -35,6 +43,11 @@ from candle_agents.openai.protocol import (
     CompletionResponse,
     ModelCard,
     ModelList,
+)
+from candle_agents.openai.reasoning import (
+    ReasoningParser,
+    detect_reasoning_parser,
+    get_reasoning_parser,
 )
 from candle_agents.openai.results import (
     chat_chunks,
@@ -52,7 +65,9 @@ class OpenAIAdapter:
     ``served_model_name``: the name(s) requests may use in ``model`` (the first
     is reported in responses); by default the engine's model name.
     ``tool_parser``: force a tool-call format (hermes, llama3_json, mistral,
-    pythonic) instead of the one picked from the chat template.
+    pythonic, ...) instead of the one picked from the chat template.
+    ``reasoning_parser``: force a reasoning convention (think, gpt_oss, or none)
+    instead of the one picked from the chat template.
     ``max_waiting``: refuse new requests (503) while this many are queued, and
     completion requests that alone ask for more (prompts x n; 400).
     """
@@ -63,6 +78,7 @@ class OpenAIAdapter:
         served_model_name: str | list[str] | None = None,
         tool_parser: str | None = None,
         max_waiting: int | None = None,
+        reasoning_parser: str | None = None,
     ) -> None:
         self.engine = engine
         if isinstance(served_model_name, str):
@@ -71,6 +87,9 @@ class OpenAIAdapter:
         template = engine.tokenizer.info.chat_template
         self.native_tools = template_supports_tools(template)
         self.tool_parser = get_tool_parser(tool_parser or detect_tool_parser(template))
+        self.reasoning_parser: ReasoningParser | None = get_reasoning_parser(
+            reasoning_parser or detect_reasoning_parser(template)
+        )
         self.max_waiting = max_waiting
 
     # -- models -----------------------------------------------------------------------
@@ -88,8 +107,8 @@ class OpenAIAdapter:
         self, request: ChatCompletionRequest | dict[str, Any]
     ) -> ChatCompletionResponse:
         """Run a chat completion to the end (all ``n`` choices in one batch)."""
-        plan = self._plan_chat(parse_request(ChatCompletionRequest, request))
-        return chat_response(plan, await collect_all(self._submit(plan)))
+        plan = self.plan_chat(parse_request(ChatCompletionRequest, request))
+        return chat_response(plan, await collect_all(self.submit(plan)))
 
     def chat_completion_stream(
         self, request: ChatCompletionRequest | dict[str, Any]
@@ -100,12 +119,17 @@ class OpenAIAdapter:
         frees their KV blocks.
         """
         req = parse_request(ChatCompletionRequest, request)
-        plan = self._plan_chat(req)
-        streams = self._submit(plan)
+        plan = self.plan_chat(req)
+        streams = self.submit(plan)
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Chunks(chat_chunks(plan, streams, include_usage), streams)
 
-    def _plan_chat(self, req: ChatCompletionRequest) -> Plan:
+    def plan_chat(self, req: ChatCompletionRequest) -> Plan:
+        """Check ``req`` against the engine and render it: what :meth:`submit` runs.
+
+        For translators onto this pipeline (the Anthropic API) that need the prompt's
+        length or the engine's own stop reasons, which OpenAI's shapes do not carry.
+        """
         model = self.check_model(req.model)
         self._check_queue()
         parser = self.tool_parser
@@ -114,9 +138,27 @@ class OpenAIAdapter:
         tools = offered_tools(req)
         messages = build_messages(req, parser, self.native_tools, tools)
         template_tools = tools if self.native_tools else None
-        prompt_ids = render_prompt(self.engine, messages, template_tools, req.chat_template_kwargs)
+        reasoning = self.reasoning_parser
+        if req.reasoning_parser is not None:
+            reasoning = guard(lambda: get_reasoning_parser(req.reasoning_parser))
+        thinking = thinking_switch(req) if reasoning is not None else None
+        kwargs = reasoning.template_kwargs(thinking, req.reasoning_effort) if reasoning else {}
+        kwargs.update(req.chat_template_kwargs or {})
+        prompt = render_text(self.engine, messages, template_tools, kwargs)
+        open_at_start = False
+        if reasoning is not None and thinking is False:
+            prompt += reasoning.off_suffix(prompt)  # where the template cannot switch it off
+        elif reasoning is not None:
+            open_at_start = reasoning.opens_in_prompt(prompt)
+        prompt_ids = self._tokens(prompt)
         self._check_length(prompt_ids, "messages")
         grammar = choose_grammar(req, parser, tools)
+        control = None
+        if reasoning is not None and thinking is not False:
+            control = reasoning_control(reasoning, req, open_at_start, grammar, self._tokens)
+        special = (tools is not None and parser.needs_special_tokens) or (
+            reasoning is not None and reasoning.needs_special_tokens
+        )
         params = [
             generation_params(
                 req,
@@ -126,8 +168,8 @@ class OpenAIAdapter:
                 logprobs=req.logprobs,
                 top_logprobs=req.top_logprobs or 0,
                 grammar=grammar,
-                skip_special=req.skip_special_tokens
-                and not (tools is not None and parser.needs_special_tokens),
+                skip_special=req.skip_special_tokens and not special,
+                reasoning=control,
             )
             for i in range(req.n)
         ]
@@ -139,7 +181,13 @@ class OpenAIAdapter:
             self._end_ids(params[0]),
             parser if tools is not None and req.tool_choice != "none" else None,
             tools,
+            reasoning=reasoning,
+            reasoning_open=open_at_start,
         )
+
+    def _tokens(self, text: str) -> list[int]:
+        # Rendered text already holds the special tokens the template wants.
+        return self.engine.tokenize(text, add_special_tokens=False)
 
     # -- text completions -------------------------------------------------------------
 
@@ -286,7 +334,7 @@ class OpenAIAdapter:
         submitted: list[list[RequestStream]] = []
         try:
             for plan in plans:
-                submitted.append(self._submit(plan))
+                submitted.append(self.submit(plan))
         except BaseException:
             for streams in submitted:
                 for s in streams:
@@ -294,7 +342,8 @@ class OpenAIAdapter:
             raise
         return submitted
 
-    def _submit(self, plan: Plan) -> list[RequestStream]:
+    def submit(self, plan: Plan) -> list[RequestStream]:
+        """Start a plan's choices on the engine; one request stream per choice."""
         streams: list[RequestStream] = []
         try:
             for i, params in enumerate(plan.params):

@@ -118,6 +118,11 @@ def _assistant(
 ) -> dict[str, Any]:
     text = msg.refusal if msg.content is None and msg.refusal else content_text(msg.content, where)
     entry: dict[str, Any] = {"role": "assistant", "content": text}
+    reasoning = msg.reasoning_content or msg.reasoning
+    if reasoning:
+        # Templates that keep earlier reasoning (Qwen3 within a tool-calling turn) read
+        # this field; rendering the reasoning the model wrote keeps the prefix cached.
+        entry["reasoning_content"] = reasoning
     if not msg.tool_calls:
         return _named(entry, msg)
     calls = [c.model_dump() for c in msg.tool_calls]
@@ -181,19 +186,27 @@ def render_prompt(
     tools: list[dict[str, Any]] | None,
     template_kwargs: dict[str, Any] | None,
 ) -> list[int]:
-    """Token ids of the rendered conversation, ready for generation.
+    """Token ids of the rendered conversation, ready for generation."""
+    text = render_text(engine, messages, tools, template_kwargs)
+    # The template writes BOS itself where the model wants one.
+    return engine.tokenize(text, add_special_tokens=False)
 
-    Rendering and tokenizing happen in one step without adding special tokens
-    again: the template writes BOS itself where the model wants one.
-    """
+
+def render_text(
+    engine: Any,
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    template_kwargs: dict[str, Any] | None,
+) -> str:
+    """The conversation rendered by the chat template (tokenize it without special tokens)."""
     kwargs = dict(template_kwargs or {})
     try:
-        return engine.apply_chat_template(messages, tools=tools, tokenize=True, **kwargs)
+        return engine.apply_chat_template(messages, tools=tools, **kwargs)
     except TokenizationError as first:
         merged = merge_same_roles(messages)
         if merged == messages:
             raise OpenAIError(str(first), param="messages") from first
         try:
-            return engine.apply_chat_template(merged, tools=tools, tokenize=True, **kwargs)
+            return engine.apply_chat_template(merged, tools=tools, **kwargs)
         except TokenizationError as exc:
             raise OpenAIError(str(exc), param="messages") from exc

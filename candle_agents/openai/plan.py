@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 from candle_agents.engine import GenerationParams
 from candle_agents.engine.grammar import Grammar
+from candle_agents.engine.params import ReasoningControl
 from candle_agents.errors import CandleError
 from candle_agents.openai.errors import OpenAIError
 from candle_agents.openai.protocol import (
@@ -21,6 +22,7 @@ from candle_agents.openai.protocol import (
     CompletionRequest,
     NamedToolChoice,
 )
+from candle_agents.openai.reasoning import ReasoningParser
 from candle_agents.openai.tool_parsers import ToolParser
 
 T = TypeVar("T")
@@ -41,6 +43,8 @@ class Plan:
     tools: list[dict[str, Any]] | None = None
     prompt_index: int = 0
     echo: str = ""  # completions with echo: the prompt text each choice starts with
+    reasoning: ReasoningParser | None = None  # splits reasoning from content
+    reasoning_open: bool = False  # the prompt opened the reasoning block
 
 
 def new_id(prefix: str) -> str:
@@ -76,6 +80,40 @@ def choose_grammar(
     return None
 
 
+def thinking_switch(req: ChatCompletionRequest) -> bool | None:
+    """Thinking on (True) or off (False) as the request asks; None: the template's default.
+
+    ``chat_template_kwargs.enable_thinking`` wins; ``reasoning_effort: "none"`` is off
+    and any other effort on.
+    """
+    kwargs = req.chat_template_kwargs or {}
+    if "enable_thinking" in kwargs:
+        return bool(kwargs["enable_thinking"])
+    if req.reasoning_effort is not None:
+        return req.reasoning_effort != "none"
+    return None
+
+
+def reasoning_control(
+    parser: ReasoningParser,
+    req: ChatCompletionRequest,
+    open_at_start: bool,
+    grammar: Grammar | None,
+    tokenize: Callable[[str], list[int]],
+) -> ReasoningControl:
+    """What the engine must know of a reasoning block: its end, budget and markers."""
+    return ReasoningControl(
+        start=parser.start,
+        # The answer starts after the content header where a format has one.
+        end=parser.content_start or parser.end,
+        open_at_start=open_at_start,
+        budget=req.thinking_budget,
+        # A grammar starts after the block, so the block must surely open first.
+        open_ids=tuple(tokenize(parser.open_text)) if grammar and not open_at_start else (),
+        close_ids=tuple(tokenize(parser.close_text)),
+    )
+
+
 def generation_params(
     req: ChatCompletionRequest | CompletionRequest,
     choice: int,
@@ -86,6 +124,7 @@ def generation_params(
     top_logprobs: int,
     grammar: Grammar | None,
     skip_special: bool,
+    reasoning: ReasoningControl | None = None,
 ) -> GenerationParams:
     """Sampling for choice number ``choice``; ``room``: tokens left after the prompt."""
     # Several choices with one seed would all be the same: give each its own.
@@ -108,6 +147,7 @@ def generation_params(
         top_logprobs=top_logprobs,
         skip_special_tokens=skip_special,
         grammar=grammar,
+        reasoning=reasoning,
     )
     if req.logit_bias:
         kwargs["logit_bias"] = {int(k): float(v) for k, v in req.logit_bias.items()}

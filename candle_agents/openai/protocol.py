@@ -67,6 +67,10 @@ class AssistantMessage(_Request):
     tool_calls: list[ToolCallRef] | None = None
     name: str | None = None
     refusal: str | None = None
+    # An earlier turn's reasoning (clients send back either name), rendered as the
+    # chat template renders it so the prompt prefix stays the one the model wrote.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ToolMessage(_Request):
@@ -195,7 +199,12 @@ class ChatCompletionRequest(_SamplingRequest):
     metadata: dict[str, str] | None = None
     # extras
     tool_parser: str | None = None  # override the parser picked from the template
-    chat_template_kwargs: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None  # e.g. {"enable_thinking": false}
+    # Reasoning models: "none" turns thinking off; the budget caps reasoning tokens
+    # (the engine closes the block itself when it runs out).
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    thinking_budget: int | None = Field(default=None, ge=1)
+    reasoning_parser: str | None = None  # override the parser picked from the template
 
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
@@ -259,11 +268,16 @@ class PromptTokensDetails(_Response):
     cached_tokens: int = 0
 
 
+class CompletionTokensDetails(_Response):
+    reasoning_tokens: int = 0
+
+
 class UsageInfo(_Response):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class TopLogprob(_Response):
@@ -299,6 +313,10 @@ class ResponseMessage(_Response):
     content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCallOut] | None = None
+    # The same text under both names: llama.cpp and older vLLM clients read
+    # reasoning_content, newer vLLM and Ollama clients read reasoning.
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "abort"]
@@ -341,6 +359,8 @@ class DeltaMessage(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
     tool_calls: list[ToolCallDeltaOut] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class ChunkChoice(_Response):

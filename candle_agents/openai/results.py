@@ -26,6 +26,7 @@ from candle_agents.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    CompletionTokensDetails,
     DeltaMessage,
     FunctionCallDelta,
     FunctionCallOut,
@@ -37,6 +38,7 @@ from candle_agents.openai.protocol import (
     TopLogprob,
     UsageInfo,
 )
+from candle_agents.openai.reasoning import ReasoningStream
 from candle_agents.openai.streams import merge
 from candle_agents.openai.tool_parsers import StreamStep, ToolCallDelta, ToolCallStream
 
@@ -49,9 +51,14 @@ def chat_response(plan: Plan, results: list[list[StreamDelta]]) -> ChatCompletio
     for i, deltas in enumerate(results):
         text = "".join(d.text for d in deltas)
         last = deltas[-1]
-        message = ResponseMessage(content=text)
+        reasoning = None
+        if plan.reasoning is not None:
+            split = plan.reasoning.split(text, plan.reasoning_open)
+            reasoning, text = split.reasoning or None, split.content
+        message = ResponseMessage(content=text, reasoning_content=reasoning, reasoning=reasoning)
         finish = last.finish_reason or "abort"
         if plan.parser is not None:
+            # Tool calls are read from the answer, after any reasoning.
             parsed = plan.parser.parse(text, plan.tools)
             message = ResponseMessage(
                 content=parsed.content,
@@ -62,6 +69,8 @@ def chat_response(plan: Plan, results: list[list[StreamDelta]]) -> ChatCompletio
                     for c in parsed.tool_calls
                 ]
                 or None,
+                reasoning_content=reasoning,
+                reasoning=reasoning,
             )
             if parsed.tool_calls and finish == "stop":
                 finish = "tool_calls"
@@ -95,6 +104,9 @@ async def chat_chunks(
     tool_streams: list[ToolCallStream | None] = [
         plan.parser.stream(plan.tools) if plan.parser else None for _ in streams
     ]
+    reasoning_streams: list[ReasoningStream | None] = [
+        plan.reasoning.stream(plan.reasoning_open) if plan.reasoning else None for _ in streams
+    ]
     called = [False] * len(streams)
     finals: list[StreamDelta | None] = [None] * len(streams)
     try:
@@ -102,14 +114,17 @@ async def chat_chunks(
             yield chunk(i, DeltaMessage(role="assistant", content=""))
         async for i, delta in merge(streams):
             lp = _chat_logprobs([delta], plan.end_ids) if plan.params[i].logprobs else None
-            step = _split_text(tool_streams[i], delta)
+            reasoning, text = _split_reasoning(reasoning_streams[i], delta)
+            step = _split_text(tool_streams[i], text, delta.finished)
             called[i] = called[i] or bool(step.tool_calls)
-            if step.content or step.tool_calls or lp is not None:
+            if reasoning or step.content or step.tool_calls or lp is not None:
                 yield chunk(
                     i,
                     DeltaMessage(
                         content=step.content or None,
                         tool_calls=[_tool_delta(c) for c in step.tool_calls] or None,
+                        reasoning_content=reasoning or None,
+                        reasoning=reasoning or None,
                     ),
                     logprobs=lp,
                 )
@@ -132,12 +147,24 @@ async def chat_chunks(
             s.close()
 
 
-def _split_text(tool_stream: ToolCallStream | None, delta: StreamDelta) -> StreamStep:
-    """A delta of one choice's text as what to send: content and tool-call deltas."""
-    if tool_stream is None:
-        return StreamStep(content=delta.text)
-    step = tool_stream.feed(delta.text)
+def _split_reasoning(stream: ReasoningStream | None, delta: StreamDelta) -> tuple[str, str]:
+    """A delta of one choice's text as reasoning and the rest (the answer)."""
+    if stream is None:
+        return "", delta.text
+    step = stream.feed(delta.text)
     if delta.finished:
+        tail = stream.finish()
+        step.reasoning += tail.reasoning
+        step.content += tail.content
+    return step.reasoning, step.content
+
+
+def _split_text(tool_stream: ToolCallStream | None, text: str, finished: bool) -> StreamStep:
+    """A piece of one choice's answer as what to send: content and tool-call deltas."""
+    if tool_stream is None:
+        return StreamStep(content=text)
+    step = tool_stream.feed(text)
+    if finished:
         tail = tool_stream.finish()
         step.content += tail.content
         step.tool_calls += tail.tool_calls
@@ -242,11 +269,15 @@ def _usage(results: list[list[StreamDelta]], prompts: list[int] | None = None) -
     shared = finals[0].prompt_tokens if finals else 0
     prompt = sum(prompts) if prompts is not None else shared
     cached = max((u.cached_tokens for u in finals), default=0)
+    reasoning = sum(u.reasoning_tokens for u in finals)
     return UsageInfo(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=reasoning)
+        if reasoning
+        else None,
     )
 
 

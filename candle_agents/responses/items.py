@@ -140,7 +140,23 @@ def to_chat_messages(
     for item in items:
         kind = item.get("type", "message")
         if kind == "message":
-            messages.append({"role": item["role"], "content": message_text(item)})
+            last = messages[-1] if messages else None
+            if (
+                item["role"] == "assistant"
+                and last is not None
+                and last["role"] == "assistant"
+                and last["content"] is None
+                and "tool_calls" not in last
+            ):
+                last["content"] = message_text(item)  # the answer after its reasoning
+            else:
+                messages.append({"role": item["role"], "content": message_text(item)})
+        elif kind == "reasoning" and reasoning_text(item):
+            # The turn's reasoning, for templates that render it (so the prompt the model
+            # wrote stays the cached prefix); its answer or calls attach to this message.
+            messages.append(
+                {"role": "assistant", "content": None, "reasoning_content": reasoning_text(item)}
+            )
         elif kind == "function_call":
             call(item["call_id"], item["name"], item.get("arguments", "{}"))
         elif kind == "function_call_output":
@@ -153,7 +169,7 @@ def to_chat_messages(
             messages.append(
                 {"role": "tool", "tool_call_id": item["id"], "content": mcp_call_result(item)}
             )
-        # mcp_list_tools, approval requests/responses and reasoning are not shown to the model:
+        # mcp_list_tools and approval requests/responses are not shown to the model:
         # the tools are offered in the template, and an approved call becomes an mcp_call.
     return messages
 
@@ -226,6 +242,22 @@ def listed_servers(items: list[dict[str, Any]]) -> set[str]:
 
 
 # -- new items (output items start in progress; the response fills them in) ---------------
+
+
+def reasoning_item() -> dict[str, Any]:
+    """A reasoning model's thinking, as open-weight models return it: the raw text."""
+    return {
+        "id": new_id("rs"),
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": ""}],
+        "status": "in_progress",
+    }
+
+
+def reasoning_text(item: dict[str, Any]) -> str:
+    content = item.get("content") or ()
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def message_item() -> dict[str, Any]:

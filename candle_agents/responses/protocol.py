@@ -93,6 +93,13 @@ class TextConfig(_In):
     format: TextFormat | None = None
 
 
+class ReasoningParam(_In):
+    """``reasoning``: how much to think ("none" switches thinking off)."""
+
+    effort: Literal["none", "minimal", "low", "medium", "high"] | None = None
+    summary: str | None = None  # accepted; the raw reasoning text is returned instead
+
+
 class ResponsesRequest(_In):
     """``POST /v1/responses``. Unknown fields are ignored, as OpenAI-compatible servers do."""
 
@@ -111,6 +118,7 @@ class ResponsesRequest(_In):
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     text: TextConfig | None = None
+    reasoning: ReasoningParam | None = None
     parallel_tool_calls: bool = True
     metadata: dict[str, str] | None = None
     user: str | None = None
@@ -118,6 +126,7 @@ class ResponsesRequest(_In):
     # vLLM-style extras.
     seed: int | None = None
     top_k: int | None = Field(default=None, ge=-1)
+    thinking_budget: int | None = Field(default=None, ge=1)  # reasoning tokens per turn
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -162,10 +171,11 @@ class ResponseUsage(_Out):
     output_tokens_details: OutputTokensDetails = Field(default_factory=OutputTokensDetails)
     total_tokens: int = 0
 
-    def add(self, prompt: int, cached: int, completion: int) -> None:
+    def add(self, prompt: int, cached: int, completion: int, reasoning: int = 0) -> None:
         self.input_tokens += prompt
         self.input_tokens_details.cached_tokens += cached
         self.output_tokens += completion
+        self.output_tokens_details.reasoning_tokens += reasoning
         self.total_tokens = self.input_tokens + self.output_tokens
 
 

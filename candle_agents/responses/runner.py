@@ -34,6 +34,7 @@ from candle_agents.responses.items import (
     mcp_call_item,
     message_item,
     parse_input,
+    reasoning_item,
     to_chat_messages,
 )
 from candle_agents.responses.protocol import (
@@ -307,9 +308,11 @@ class ResponseRun:
             "stream_options": {"include_usage": True},
             "parallel_tool_calls": req.parallel_tool_calls,
         }
-        for key in ("temperature", "top_p", "seed", "top_k"):
+        for key in ("temperature", "top_p", "seed", "top_k", "thinking_budget"):
             if getattr(req, key) is not None:
                 body[key] = getattr(req, key)
+        if req.reasoning is not None and req.reasoning.effort is not None:
+            body["reasoning_effort"] = req.reasoning.effort
         if budget is not None:
             body["max_tokens"] = budget
         if tools:
@@ -343,6 +346,7 @@ class ResponseRun:
         """Stream one chat completion as events; its calls and finish reason go to ``turn``."""
         stream = self.adapter.chat_completion_stream(body)
         message: int | None = None  # output index of this turn's message item
+        reasoning: int | None = None  # output index of this turn's reasoning item
         held = ""  # leading whitespace, kept back until real text comes
         by_index: dict[int, _Call] = {}
         try:
@@ -351,9 +355,24 @@ class ResponseRun:
                     u = chunk.usage
                     cached = u.prompt_tokens_details.cached_tokens if u.prompt_tokens_details else 0
                     assert self.response.usage is not None
-                    self.response.usage.add(u.prompt_tokens, cached, u.completion_tokens)
+                    details = u.completion_tokens_details
+                    self.response.usage.add(
+                        u.prompt_tokens,
+                        cached,
+                        u.completion_tokens,
+                        details.reasoning_tokens if details else 0,
+                    )
                 for choice in chunk.choices:
                     delta = choice.delta
+                    if delta.reasoning_content:
+                        if reasoning is None:
+                            reasoning, added = self._add(reasoning_item())
+                            yield added
+                        yield self._reasoning_delta(reasoning, delta.reasoning_content)
+                    if reasoning is not None and (delta.content or delta.tool_calls):
+                        for event in self._close_reasoning(reasoning):
+                            yield event
+                        reasoning = None
                     if delta.content:
                         if message is None:
                             held += delta.content
@@ -412,6 +431,9 @@ class ResponseRun:
                         turn.finish_reason = choice.finish_reason
         finally:
             await stream.aclose()
+        if reasoning is not None:
+            for event in self._close_reasoning(reasoning):
+                yield event
         if message is not None:
             for event in self._close_message(message):
                 yield event
@@ -428,6 +450,30 @@ class ResponseRun:
         if binding.param.needs_approval(tool.name):
             return _Call("mcp_approval_request", approval_request_item(label, tool.name), -1, found)
         return _Call("mcp_call", mcp_call_item(label, tool.name, ""), -1, found)
+
+    def _reasoning_delta(self, index: int, text: str) -> ResponseEvent:
+        item = self.response.output[index]
+        item["content"][0]["text"] += text
+        return self._event(
+            "response.reasoning_text.delta",
+            item_id=item["id"],
+            output_index=index,
+            content_index=0,
+            delta=text,
+        )
+
+    def _close_reasoning(self, index: int) -> list[ResponseEvent]:
+        item = self.response.output[index]
+        item["status"] = "completed"
+        text = item["content"][0]["text"]
+        done = self._event(
+            "response.reasoning_text.done",
+            item_id=item["id"],
+            output_index=index,
+            content_index=0,
+            text=text,
+        )
+        return [done, self._done(index)]
 
     def _close_message(self, index: int) -> list[ResponseEvent]:
         item = self.response.output[index]

@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         cors_origins=args.cors_origin or (),
         max_waiting=args.max_waiting,
         tool_parser=args.tool_parser,
+        reasoning_parser=args.reasoning_parser,
         mcp_config=args.mcp_config,
         mcp_allow_urls=args.mcp_allow_url or (),
         mcp_call_timeout=args.mcp_timeout,

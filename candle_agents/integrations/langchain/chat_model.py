@@ -100,6 +100,10 @@ class ChatCandle(BaseChatModel):
     seed: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     """Stop sequences (any length in tokens); the stop text is not returned."""
+    reasoning_effort: str | None = None
+    """Reasoning models: "none" switches thinking off; "low", "medium", "high" on."""
+    thinking_budget: int | None = None
+    """Reasoning models: at most this many reasoning tokens (the engine then closes it)."""
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Other OpenAI chat request fields sent with every call."""
 
@@ -230,6 +234,8 @@ class ChatCandle(BaseChatModel):
             "presence_penalty": self.presence_penalty,
             "seed": self.seed,
             "stop": self.stop or None,
+            "reasoning_effort": self.reasoning_effort,
+            "thinking_budget": self.thinking_budget,
         }
         return {k: v for k, v in params.items() if v is not None}
 

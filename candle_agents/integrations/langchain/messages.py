@@ -97,7 +97,23 @@ def _assistant_message(message: AIMessage, where: str) -> dict[str, Any]:
     ]
     if calls:
         out["tool_calls"] = calls
+    reasoning = _reasoning(message)
+    if reasoning:
+        out["reasoning_content"] = reasoning  # for templates that render earlier reasoning
     return out
+
+
+def _reasoning(message: AIMessage) -> str:
+    """What a reasoning model thought in ``message``: ours, or standard reasoning blocks."""
+    text = message.additional_kwargs.get("reasoning_content")
+    if isinstance(text, str):
+        return text
+    blocks = message.content if isinstance(message.content, list) else []
+    return "".join(
+        b.get("reasoning", "")
+        for b in blocks
+        if isinstance(b, dict) and b.get("type") == "reasoning"
+    )
 
 
 def _tool_message(message: ToolMessage, where: str) -> dict[str, Any]:
@@ -185,8 +201,11 @@ def chat_result(response: ChatCompletionResponse) -> ChatResult:
         }
         if choice.logprobs is not None:
             metadata["logprobs"] = choice.logprobs.model_dump()
+        reasoning = choice.message.reasoning_content
         message = AIMessage(
             content=choice.message.content or "",
+            # Where LangChain looks for it: content_blocks then show a reasoning block.
+            additional_kwargs={"reasoning_content": reasoning} if reasoning else {},
             tool_calls=calls,
             invalid_tool_calls=invalid,
             usage_metadata=usage,
@@ -221,11 +240,13 @@ def _usage_metadata(usage: UsageInfo | None) -> UsageMetadata | None:
     if usage is None:
         return None
     cached = usage.prompt_tokens_details.cached_tokens if usage.prompt_tokens_details else 0
+    details = usage.completion_tokens_details
     return UsageMetadata(
         input_tokens=usage.prompt_tokens,
         output_tokens=usage.completion_tokens,
         total_tokens=usage.total_tokens,
         input_token_details={"cache_read": cached},
+        **({"output_token_details": {"reasoning": details.reasoning_tokens}} if details else {}),
     )
 
 
@@ -250,13 +271,16 @@ class StreamTail:
             if choice.finish_reason is not None:
                 self.finish_reason = choice.finish_reason
             delta = choice.delta
-            if not delta.content and not delta.tool_calls and choice.logprobs is None:
+            reasoning = delta.reasoning_content
+            if not (delta.content or delta.tool_calls or reasoning or choice.logprobs):
                 return None
             metadata = {}
             if choice.logprobs is not None:
                 metadata["logprobs"] = choice.logprobs.model_dump()
             return AIMessageChunk(
                 content=delta.content or "",
+                # Chunks add up: the pieces concatenate into the whole reasoning.
+                additional_kwargs={"reasoning_content": reasoning} if reasoning else {},
                 tool_call_chunks=[
                     tool_call_chunk(
                         name=c.function.name if c.function else None,

@@ -77,6 +77,9 @@ def to_openai_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"role": role, "content": text}
         name = msg.additional_kwargs.get("name")
         if role == "assistant":
+            thoughts = [b.content for b in msg.blocks if isinstance(b, ThinkingBlock) and b.content]
+            if thoughts:  # for templates that render earlier reasoning
+                entry["reasoning_content"] = "".join(thoughts)
             calls = _history_calls(msg, i)
             if calls:
                 entry["tool_calls"] = calls
@@ -169,14 +172,17 @@ def _logprobs(logprobs: ChoiceLogprobs | None) -> list[list[LogProb]] | None:
     ]
 
 
-def _message(text: str, calls: list[tuple[str | None, str, str]], final: bool) -> ChatMessage:
-    """An assistant message: text, then one ToolCallBlock per (id, name, arguments).
+def _message(
+    text: str, calls: list[tuple[str | None, str, str]], final: bool, reasoning: str = ""
+) -> ChatMessage:
+    """An assistant message: its reasoning as a ThinkingBlock, text, then one
+    ToolCallBlock per (id, name, arguments).
 
     Arguments stay JSON text while streaming (they may be partial) and become a
     dict once complete. ``additional_kwargs["tool_calls"]`` repeats the calls in
     OpenAI's shape for LlamaIndex code that still reads them there.
     """
-    blocks: list[Any] = []
+    blocks: list[Any] = [ThinkingBlock(content=reasoning)] if reasoning else []
     if text or not calls:
         blocks.append(TextBlock(text=text))
     openai_calls = []
@@ -199,8 +205,9 @@ def _message(text: str, calls: list[tuple[str | None, str, str]], final: bool) -
 def chat_response(response: ChatCompletionResponse) -> ChatResponse:
     choice = response.choices[0]
     calls = [(c.id, c.function.name, c.function.arguments) for c in choice.message.tool_calls or []]
+    reasoning = choice.message.reasoning_content or ""
     return ChatResponse(
-        message=_message(choice.message.content or "", calls, final=True),
+        message=_message(choice.message.content or "", calls, final=True, reasoning=reasoning),
         raw=response,
         logprobs=_logprobs(choice.logprobs),
         additional_kwargs=_usage_kwargs(response.usage),
@@ -208,7 +215,7 @@ def chat_response(response: ChatCompletionResponse) -> ChatResponse:
 
 
 async def chat_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatResponseAsyncGen:
-    text = ""
+    text = reasoning = ""
     calls: dict[int, list[Any]] = {}  # index -> [id, name, arguments so far]
     last: ChatCompletionChunk | None = None
     try:
@@ -220,6 +227,8 @@ async def chat_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatRespons
             delta = choice.delta
             piece = delta.content or ""
             text += piece
+            thought = delta.reasoning_content or ""
+            reasoning += thought
             for call in delta.tool_calls or []:
                 entry = calls.setdefault(call.index, [None, "", ""])
                 if call.id:
@@ -227,10 +236,11 @@ async def chat_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatRespons
                 if call.function is not None:
                     entry[1] += call.function.name or ""
                     entry[2] += call.function.arguments or ""
-            if piece or delta.tool_calls or choice.logprobs is not None:
+            if piece or thought or delta.tool_calls or choice.logprobs is not None:
                 yield ChatResponse(
-                    message=_message(text, _ordered(calls), final=False),
+                    message=_message(text, _ordered(calls), final=False, reasoning=reasoning),
                     delta=piece,
+                    additional_kwargs={"thinking_delta": thought} if thought else {},
                     raw=chunk,
                     logprobs=_logprobs(choice.logprobs),
                 )
@@ -240,7 +250,7 @@ async def chat_stream(chunks: AsyncIterator[ChatCompletionChunk]) -> ChatRespons
             await aclose()  # an early exit aborts the request and frees its KV blocks
     # The last response completes the message: arguments decoded, usage attached.
     yield ChatResponse(
-        message=_message(text, _ordered(calls), final=True),
+        message=_message(text, _ordered(calls), final=True, reasoning=reasoning),
         delta="",
         raw=last,
         additional_kwargs=_usage_kwargs(last.usage if last is not None else None),
