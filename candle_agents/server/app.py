@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -31,6 +31,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from candle_agents import __version__
+from candle_agents.anthropic import AnthropicAdapter
 from candle_agents.engine import Engine
 from candle_agents.errors import CandleError, ConfigError
 from candle_agents.mcp import load_mcp_config
@@ -47,6 +48,11 @@ from candle_agents.openai.protocol import (
 )
 from candle_agents.responses import ResponsesAPI, ResponseStore
 from candle_agents.responses.runner import DEFAULT_MAX_TURNS
+from candle_agents.server.anthropic_routes import (
+    AnthropicKeyAuth,
+    add_anthropic_routes,
+    is_anthropic_path,
+)
 from candle_agents.server.common import as_openai_error, close_stream, unless_disconnected
 from candle_agents.server.metrics import ServerMetrics, StreamTimer
 from candle_agents.server.responses_routes import RESPONSES_PATH, add_responses_routes
@@ -75,6 +81,7 @@ def create_app(
     cors_origins: Sequence[str] = (),
     max_waiting: int | None = None,
     tool_parser: str | None = None,
+    reasoning_parser: str | None = None,
     mcp_config: str | Path | dict[str, Any] | None = None,
     mcp_allow_urls: Sequence[str] = (),
     mcp_call_timeout: float | None = None,
@@ -112,6 +119,7 @@ def create_app(
             engine,
             served_model_name=served_model_name,
             tool_parser=tool_parser,
+            reasoning_parser=reasoning_parser,
             max_waiting=max_waiting,
         )
         metrics = ServerMetrics(engine, adapter.model_names[0])
@@ -156,11 +164,14 @@ def create_app(
     _install_error_handlers(app)
     _add_api_routes(app, adapter, metrics)
     add_responses_routes(app, responses, _ERROR_DOCS)
+    add_anthropic_routes(app, AnthropicAdapter(adapter), metrics)
     _add_service_routes(app, engine, metrics)
     # add_middleware puts each new one outside the previous: auth runs innermost,
     # so its 401s are counted by the metrics and carry CORS headers.
     if api_key:
-        app.add_middleware(BearerAuth, api_key=api_key)
+        # The Messages API takes the key in Anthropic's header too, and answers in its shape.
+        app.add_middleware(BearerAuth, api_key=api_key, skip=is_anthropic_path)
+        app.add_middleware(AnthropicKeyAuth, api_key=api_key)
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.router.routes)
     if cors_origins:
         app.add_middleware(
@@ -410,12 +421,20 @@ def _json_kind(value: object) -> str:
 class BearerAuth:
     """Requires ``Authorization: Bearer <api_key>`` on ``/v1/*`` (pure ASGI, streams untouched)."""
 
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
+    def __init__(
+        self, app: ASGIApp, api_key: str, skip: Callable[[str], bool] = lambda path: False
+    ) -> None:
         self.app = app
         self._key = api_key.encode()
+        self._skip = skip  # paths another middleware checks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and _is_api_path(scope) and scope["method"] != "OPTIONS":
+        if (
+            scope["type"] == "http"
+            and _is_api_path(scope)
+            and not self._skip(scope["path"])
+            and scope["method"] != "OPTIONS"
+        ):
             problem = self._check(scope)
             if problem is not None:
                 err = OpenAIError(problem, 401, code="invalid_api_key")

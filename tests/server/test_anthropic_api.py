@@ -150,6 +150,9 @@ def test_system_blocks_and_count_tokens(client, engine, idle):
         system=[{"type": "text", "text": sys_text, "cache_control": {"type": "ephemeral"}}],
     )
     assert plain.input_tokens == blocks.input_tokens > 0
+    # The beta endpoints are the same ones with ?beta=true and an anthropic-beta header.
+    beta = client.beta.messages.count_tokens(model=engine.model_name, messages=HI, system=sys_text)
+    assert beta.input_tokens == plain.input_tokens
     # Exactly the prompt a message is given (fresh tokens plus prefix-cache reads).
     msg = create(client, engine, system=sys_text, max_tokens=2)
     assert msg.usage.input_tokens + msg.usage.cache_read_input_tokens == plain.input_tokens
@@ -403,27 +406,52 @@ def test_thinking_request_is_served(client, engine, idle):
         assert msg.content and msg.content[-1].type == "text"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the chat pipeline's reasoning output (reasoning_content) and a served "
-    "model that thinks; the default SmolLM2 writes no reasoning",
-)
-def test_thinking_blocks_from_a_thinking_model(client, engine, idle):
+@pytest.fixture(scope="module")
+def thinker(engine, live_server) -> anthropic.Anthropic:
+    """The default model with the ``<think>`` convention forced on. It never thinks on its
+    own, but under a grammar the engine opens the block itself and closes it at the
+    budget, so its replies carry real reasoning."""
+    server = live_server(create_app(engine, reasoning_parser="think"))
+    return anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0)
+
+
+def test_thinking_blocks(thinker, engine, idle):
     body = {
         "model": engine.model_name,
-        "max_tokens": 48,
+        "max_tokens": 24,
         "messages": HI,
-        "thinking": {"type": "enabled", "budget_tokens": 16},
+        "thinking": {"type": "enabled", "budget_tokens": 8},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}},
     }
-    msg = client.messages.create(**body, extra_body=GREEDY)
-    assert msg.content[0].type == "thinking" and msg.content[0].thinking
-    assert msg.content[0].signature
-    with client.messages.stream(**body, extra_body=GREEDY) as stream:
+    msg = thinker.messages.create(**body, extra_body=GREEDY)
+    assert [b.type for b in msg.content] == ["thinking", "text"]
+    thought = msg.content[0]
+    assert thought.thinking.strip() and thought.signature
+    assert msg.content[1].text.startswith("{")
+    with thinker.messages.stream(**body, extra_body=GREEDY) as stream:
         events = list(stream)
         final = stream.get_final_message()
-    kinds = [e.delta.type for e in events if e.type == "content_block_delta"]
-    assert "thinking_delta" in kinds and "signature_delta" in kinds
-    assert final.content[0].thinking == msg.content[0].thinking
+    assert final.content[0].thinking == thought.thinking
+    assert final.content[0].signature == thought.signature
+    kinds = [
+        e.delta.type if e.type == "content_block_delta" else e.type
+        for e in events
+        if e.type.startswith("content_block")
+    ]
+    # thinking deltas, the signature just before the block stops, then the text block
+    end = kinds.index("signature_delta")
+    assert kinds[0] == "content_block_start" and set(kinds[1:end]) == {"thinking_delta"}
+    assert kinds[end + 1 : end + 3] == ["content_block_stop", "content_block_start"]
+    assert set(kinds[end + 3 : -1]) == {"text_delta"} and kinds[-1] == "content_block_stop"
+    # Sent back, the thinking is history; switched off, there is none.
+    again = thinker.messages.create(
+        model=engine.model_name,
+        max_tokens=4,
+        messages=[*HI, {"role": "assistant", "content": msg.content}, *HI],
+        thinking={"type": "disabled"},
+        extra_body=GREEDY,
+    )
+    assert [b.type for b in again.content] == ["text"]
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -491,6 +519,9 @@ def test_missing_fields_and_malformed_bodies(server, api_key):
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]["message"]
     r = httpx.post(url, headers=headers)
     assert r.status_code == 400 and "body is missing" in r.json()["error"]["message"]
+    r = httpx.post(url, content=b"\xf5{", headers={**headers, "content-type": "application/json"})
+    assert r.status_code == 400  # not UTF-8: FastAPI's own refusal, in Anthropic's shape
+    assert r.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_authentication(server, engine, api_key):
