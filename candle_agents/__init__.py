@@ -8,6 +8,7 @@ torch. Servers and framework adapters live in optional subpackages.
 from typing import TYPE_CHECKING
 
 from candle_agents._lazy import lazy_exports
+from candle_agents.engine import __all__ as _engine_names
 from candle_agents.errors import (
     CandleError,
     ConfigError,
@@ -53,19 +54,5 @@ __all__ = [
     "__version__",
 ]
 
-__getattr__, __dir__ = lazy_exports(
-    __name__,
-    {
-        name: "candle_agents.engine"
-        for name in (
-            "Engine",
-            "EngineConfig",
-            "GenerationParams",
-            "GenerationResult",
-            "Grammar",
-            "StreamDelta",
-            "TokenLogprob",
-            "Usage",
-        )
-    },
-)
+# The engine package's own names (it resolves them lazily too).
+__getattr__, __dir__ = lazy_exports(__name__, dict.fromkeys(_engine_names, "candle_agents.engine"))
