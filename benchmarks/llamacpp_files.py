@@ -38,7 +38,7 @@ def build_1b_files(bin_dir: Path, threads: int) -> None:
     """Random Llama-3.2-1B-shaped weights -> BF16 GGUF -> every file of QUANTS, cached."""
     import transformers
     from gguf import GGUFReader
-    from gpu_throughput import LLAMA_3_2_1B, ROPE_SCALING, WEIGHT_STD, quiet_transformers
+    from gpu_setup import LLAMA_3_2_1B, ROPE_SCALING, WEIGHT_STD, quiet_transformers
 
     from candle_agents.engine.loader import default_gguf_path
     from candle_agents.engine.loader.gguf import build_gguf_tokenizer

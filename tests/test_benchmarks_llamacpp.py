@@ -29,7 +29,7 @@ llama_perf_context_print:        load time =     120.00 ms
 def load_module():
     spec = importlib.util.spec_from_file_location("bench_llamacpp", SCRIPT)
     module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))  # it imports its sibling gpu_throughput
+    sys.path.insert(0, str(SCRIPT.parent))  # it imports its sibling gpu_setup
     try:
         spec.loader.exec_module(module)
     finally:
