@@ -19,11 +19,6 @@ from candle_agents.engine.loader import default_gguf_path
 from candle_agents.integrations.langchain import ChatCandle
 from tests.integrations.langchain_features import ENGINE_CONFIG, ChatCandleFeatures
 
-EXAMPLE_COPIED = (
-    "the tools prompt's example call has concrete argument values (candle_agents/openai/"
-    "tool_parsers.py, render_tools_prompt), which SmolLM2-135M copies into forced calls"
-)
-
 
 class TestChatCandleStandard(ChatCandleFeatures, ChatModelIntegrationTests):
     @property
@@ -63,30 +58,6 @@ class TestChatCandleStandard(ChatCandleFeatures, ChatModelIntegrationTests):
                 full = chunk if full is None else full + chunk
             return full
         return model.invoke(prompt)
-
-    # Until the OpenAI layer's tools prompt stops showing an example call with concrete
-    # values, SmolLM2-135M copies them into forced calls ({"input": 1}, "..."); with a
-    # placeholder example (<integer>, <string>) these pass. Not strict: they XPASS then.
-    @pytest.mark.xfail(reason=EXAMPLE_COPIED)
-    @pytest.mark.parametrize("model", [{}, {"output_version": "v1"}], indirect=True)
-    def test_tool_calling(self, model: BaseChatModel) -> None:
-        super().test_tool_calling(model)
-
-    @pytest.mark.xfail(reason=EXAMPLE_COPIED)
-    async def test_tool_calling_async(self, model: BaseChatModel) -> None:
-        await super().test_tool_calling_async(model)
-
-    @pytest.mark.xfail(reason=EXAMPLE_COPIED)
-    def test_unicode_tool_call_integration(
-        self,
-        model: BaseChatModel,
-        *,
-        tool_choice: str | None = None,
-        force_tool_call: bool = True,
-    ) -> None:
-        super().test_unicode_tool_call_integration(
-            model, tool_choice=tool_choice, force_tool_call=force_tool_call
-        )
 
     @pytest.mark.xfail(
         reason="SmolLM2-135M never chooses a tool call by itself (tool_choice='auto'): the "

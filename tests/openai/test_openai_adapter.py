@@ -160,6 +160,45 @@ def test_named_tool_choice_calls_that_tool(adapter):
     assert "timezone" in _check_call(calls[0], tools)
 
 
+MULTIPLY = {
+    "type": "function",
+    "function": {
+        "name": "multiply",
+        "description": "Multiply two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("question", "tool_choice", "arguments"),
+    [
+        ("What is 6 times 7?", {"type": "function", "function": {"name": "multiply"}}, (6, 7)),
+        ("What is 12 times 3?", "required", (12, 3)),
+    ],
+)
+def test_forced_calls_take_their_arguments_from_the_request(
+    adapter, question, tool_choice, arguments
+):
+    # The tools prompt's example call shows placeholders ({"a": <a>, "b": <b>}): with concrete
+    # example values there, SmolLM2 copied them (multiply(1, 1)) instead of reading the question.
+    resp = chat(
+        adapter,
+        messages=[{"role": "user", "content": question}],
+        tools=[MULTIPLY],
+        tool_choice=tool_choice,
+        temperature=0,
+        max_tokens=40,
+    )
+    calls = resp.choices[0].message.tool_calls
+    assert [c.function.name for c in calls] == ["multiply"]
+    assert json.loads(calls[0].function.arguments) == dict(zip("ab", arguments))
+
+
 def test_tool_choice_none_keeps_the_prompt_and_answers_in_text(adapter, engine):
     req = ChatCompletionRequest(messages=ASK, tools=[WEATHER], tool_choice="none")
     parser = get_tool_parser("hermes")

@@ -11,12 +11,15 @@ Policies (the same for every format):
 - Calls naming a function that is not in ``tools`` are still calls: the client decides what to
   do with them (``tools`` only matters for prompts and grammars).
 - A stream cannot take back a call it has announced. With ``stream(incremental=True)`` (the
-  default) a hermes/mistral call is announced once its name is known and its arguments have
-  begun; if the model then breaks the JSON, or generation stops inside the call (max_tokens),
-  the call ends as sent (its arguments are then not valid JSON, as with OpenAI's own truncated
-  calls) and the rest of that broken block is dropped rather than leaked as content, whereas
-  ``parse()`` reports such a block as content. ``stream(incremental=False)`` sends each call
-  whole once its markup is closed and matches ``parse()`` exactly on every input.
+  default) a call of a markup format (hermes, mistral, qwen3_coder, deepseek_v3, phi4_mini)
+  is announced once its name is known and its arguments have begun; if the model then breaks
+  the markup, or generation stops inside the call (max_tokens), the call ends as sent (its
+  arguments are then not valid JSON, as with OpenAI's own truncated calls) and the rest of
+  that broken block is dropped rather than leaked as content, whereas ``parse()`` reports such
+  a block as content. ``stream(incremental=False)`` sends each call whole once its markup is
+  closed and matches ``parse()`` exactly on every input.
+- ``parallel_tool_calls: false`` is the grammar's to enforce: ``call_grammar(parallel=False)``
+  allows one call at most, in every mode; parsing reads whatever calls the text holds.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from candle_agents.errors import ConfigError
 from candle_agents.openai.tool_parsers.calls import ParsedMessage, merge_steps
 from candle_agents.openai.tool_parsers.grammar import (
     _dumps,
-    _example_arguments,
     _functions,
     _parameters,
+    _placeholder_arguments,
     _rule_names,
+    _show_placeholders,
 )
 from candle_agents.openai.tool_parsers.streams import ToolCallStream
 
@@ -67,7 +71,11 @@ class ToolParser(ABC):
         """OpenAI-shaped calls as the text the model would have written (for plain templates)."""
 
     def render_tools_prompt(self, tools: list[dict]) -> str:
-        """System-prompt text listing ``tools`` and the exact format to call them in."""
+        """System-prompt text listing ``tools`` and the exact format to call them in.
+
+        The example call names the first tool and shows its arguments as ``<name>``
+        placeholders, for the model to fill from the request.
+        """
         specs = _functions(tools)
         lines = [
             "You can call these functions (name, description and JSON Schema of the arguments):"
@@ -81,11 +89,11 @@ class ToolParser(ABC):
         how, otherwise = self._instructions()
         lines.append(how)
         if specs:
-            example = {
-                "name": specs[0]["name"],
-                "arguments": _dumps(_example_arguments(_parameters(specs[0]))),
-            }
-            lines.append("For example:\n" + self.render_calls([{"function": example}]))
+            # Placeholders (<city>), not values: a small model copies example values.
+            arguments, names = _placeholder_arguments(_parameters(specs[0]))
+            example = {"name": specs[0]["name"], "arguments": _dumps(arguments)}
+            call = self.render_calls([{"function": example}])
+            lines.append("For example:\n" + _show_placeholders(call, names))
         lines.append(otherwise)
         return "\n".join(lines)
 
@@ -93,9 +101,9 @@ class ToolParser(ABC):
         """A llguidance lark grammar constraining the model's output to calls of ``tools``.
 
         ``mode`` is "required" (one call, or one or more if ``parallel``), "auto" (plain text
-        that cannot be taken for the call markup, or calls), "none" (only such text) or a
-        function name (exactly one call of it). Each call's arguments must match its tool's
-        JSON schema.
+        that cannot be taken for the call markup, or calls: again one unless ``parallel``),
+        "none" (only such text) or a function name (exactly one call of it). Each call's
+        arguments must match its tool's JSON schema.
         """
         if mode == "none":
             return f"start: TEXT\nTEXT: {self._text_terminal()}\n"

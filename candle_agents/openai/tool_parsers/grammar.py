@@ -1,9 +1,10 @@
 """Shared helpers for prompts, rendering and call grammars.
 
-Tool specs (``_functions``, ``_parameters``), example arguments for the tools prompt, OpenAI
-call dicts as name and arguments (``_call_arguments``, ``_dumps``), and the llguidance lark
-pieces every format's ``call_grammar`` is built from (``_lark_string``, ``_lark_json``,
-``_rule_names``, ``_text_without``, ``_split_definitions``, ``_json_call_rule``).
+Tool specs (``_functions``, ``_parameters``), the placeholder example call of the tools prompt
+(``_placeholder_arguments``, ``_show_placeholders``), OpenAI call dicts as name and arguments
+(``_call_arguments``, ``_dumps``), and the llguidance lark pieces every format's
+``call_grammar`` is built from (``_lark_string``, ``_lark_json``, ``_rule_names``,
+``_text_without``, ``_split_definitions``, ``_json_call_rule``, ``_ordered_items``).
 """
 
 from __future__ import annotations
@@ -38,36 +39,27 @@ def _parameters(spec: dict) -> dict:
     return params
 
 
-def _example_value(schema: Any, depth: int = 0) -> Any:
-    """A plausible value for ``schema``, for the example call in a tools prompt."""
-    if not isinstance(schema, dict):
-        return "..."
-    if "const" in schema:
-        return schema["const"]
-    for key in ("enum", "examples"):
-        if isinstance(schema.get(key), list) and schema[key]:
-            return schema[key][0]
-    if "default" in schema:
-        return schema["default"]
-    for key in ("anyOf", "oneOf"):
-        if isinstance(schema.get(key), list) and schema[key]:
-            return _example_value(schema[key][0], depth)
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind == "object" or "properties" in schema:
-        return _example_arguments(schema, depth + 1) if depth < 3 else {}
-    if kind == "array":
-        return [_example_value(schema.get("items"), depth + 1)] if depth < 3 else []
-    return {"integer": 1, "number": 1.5, "boolean": True, "null": None}.get(str(kind), "...")
+# The example call in a tools prompt shows placeholders, not values: a small model copies
+# concrete example values ({"a": 1}) into its calls instead of taking them from the request.
+_HOLE = "\ue000{}\ue001"  # private-use marks: left alone by json.dumps and repr of strings
+_HOLE_RE = re.compile('"?\ue000(\\d+)\ue001"?')
 
 
-def _example_arguments(schema: dict, depth: int = 0) -> dict:
+def _placeholder_arguments(schema: dict) -> tuple[dict, list[str]]:
+    """Example arguments for ``schema`` (its required keys, else its first) and their names.
+
+    Each value is a marker string; ``_show_placeholders`` turns the rendered markers, quoted
+    or not, into ``<name>``.
+    """
     props = schema.get("properties")
     if not isinstance(props, dict) or not props:
-        return {}
-    required = [k for k in schema.get("required") or [] if k in props] or list(props)[:1]
-    return {k: _example_value(props[k], depth) for k in required}
+        return {}, []
+    keys = [k for k in schema.get("required") or [] if k in props] or list(props)[:1]
+    return {key: _HOLE.format(i) for i, key in enumerate(keys)}, keys
+
+
+def _show_placeholders(text: str, names: list[str]) -> str:
+    return _HOLE_RE.sub(lambda m: f"<{names[int(m.group(1))]}>", text)
 
 
 def _call_arguments(call: dict) -> tuple[str, Any]:
@@ -140,3 +132,26 @@ def _json_call_rule(rule: str, spec: dict, arguments_key: str) -> str:
         **defs,
     }
     return f"{rule}: {_lark_json(schema)}"
+
+
+def _ordered_items(items: list[tuple[str, bool]], separator: str = "") -> str:
+    """Lark for named arguments in the given order, optional ones omissible.
+
+    ``items`` are (lark expression, required) pairs; ``separator`` (a lark string, or "" for
+    none) goes between two written items.
+    """
+
+    def after(item: str) -> str:
+        return f"{separator} {item}" if separator else item
+
+    def rest(k: int) -> str:
+        return " ".join(
+            after(item) if required else f"({after(item)})?" for item, required in items[k:]
+        )
+
+    alternatives = []
+    for k, (item, required) in enumerate(items):
+        alternatives.append(f"{item} {rest(k + 1)}".strip())
+        if required:  # the first required argument is always written first or after optional ones
+            return "(" + " | ".join(alternatives) + ")"
+    return "(" + " | ".join(alternatives) + ")?"

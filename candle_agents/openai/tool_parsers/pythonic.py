@@ -1,6 +1,8 @@
 """The pythonic format (Llama 3.2/4): the whole message is a Python list of calls.
 
 ``[f(a=1, b="x"), g()]``, optionally between ``<|python_start|>`` and ``<|python_end|>``.
+Its call reading (``_parse_python``, ``_read_call_nodes``), writing (``_py_call``) and call
+rules (``_python_call_rules``) serve the gemma format too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from candle_agents.openai.tool_parsers.grammar import (
     _dumps,
     _lark_json,
     _lark_string,
+    _ordered_items,
     _parameters,
     _split_definitions,
 )
@@ -90,23 +93,20 @@ def _dotted_name(node: ast.AST) -> str | None:
     return None
 
 
-def _pythonic_read_calls(text: str) -> list[tuple[str, str]] | None:
-    source = _strip_prefix_token(text, _PY_START)
-    if not source:
-        return None
-    source = source.rstrip()
-    if source.endswith(_PY_END):
-        source = source[: -len(_PY_END)]
+def _parse_python(source: str, mode: str) -> ast.AST | None:
+    """``ast.parse`` of model-written source; None where it is not Python."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # invalid escape sequences in model-written strings
-            tree = ast.parse(source.strip(), mode="eval")
+            return ast.parse(source, mode=mode)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
-    if not isinstance(tree.body, ast.List) or not tree.body.elts:
-        return None
+
+
+def _read_call_nodes(nodes: list[ast.expr]) -> list[tuple[str, str]] | None:
+    """Name and JSON arguments of each node; None unless all are calls with literal keywords."""
     calls = []
-    for node in tree.body.elts:
+    for node in nodes:
         if not isinstance(node, ast.Call) or node.args:
             return None
         name = _dotted_name(node.func)
@@ -126,6 +126,19 @@ def _pythonic_read_calls(text: str) -> list[tuple[str, str]] | None:
         except (ValueError, RecursionError):
             return None
     return calls
+
+
+def _pythonic_read_calls(text: str) -> list[tuple[str, str]] | None:
+    source = _strip_prefix_token(text, _PY_START)
+    if not source:
+        return None
+    source = source.rstrip()
+    if source.endswith(_PY_END):
+        source = source[: -len(_PY_END)]
+    tree = _parse_python(source.strip(), "eval")
+    if tree is None or not isinstance(tree.body, ast.List) or not tree.body.elts:
+        return None
+    return _read_call_nodes(tree.body.elts)
 
 
 def _py_value(value: Any) -> str:
@@ -159,21 +172,7 @@ class PythonicToolParser(ToolParser):
         )
 
     def render_calls(self, calls: list[dict]) -> str:
-        items = []
-        for call in calls:
-            name, arguments = _call_arguments(call)
-            if not isinstance(arguments, dict):
-                arguments = {"arguments": arguments}  # not an object: passed on as one value
-            plain = []
-            odd = {}
-            for key, value in arguments.items():
-                if key.isidentifier() and not keyword.iskeyword(key):
-                    plain.append(f"{key}={_py_value(value)}")
-                else:
-                    odd[key] = value
-            if odd:
-                plain.append(f"**{_py_value(odd)}")
-            items.append(f"{name}({', '.join(plain)})")
+        items = [_py_call(*_call_arguments(call)) for call in calls]
         return f"[{', '.join(items)}]" if items else ""
 
     def _instructions(self) -> tuple[str, str]:
@@ -189,41 +188,46 @@ class PythonicToolParser(ToolParser):
         return f'calls: "[" call{more} "]"'
 
     def _call_rules(self, rule: str, spec: dict) -> list[str]:
-        params, defs = _split_definitions(_parameters(spec))
-        props = params.get("properties")
-        props = props if isinstance(props, dict) else {}
-        required = set(params.get("required") or [])
-        rules: list[str] = []
-        items: list[tuple[str, bool]] = []
-        for i, (key, schema) in enumerate(props.items()):
-            value_rule = f"{rule}_arg{i}"
-            schema = schema if isinstance(schema, dict) else {}
-            rules.append(f"{value_rule}: {_lark_json({**schema, **defs})}")
-            if key.isidentifier() and not keyword.iskeyword(key):
-                item = f"{_lark_string(key + '=')} {value_rule}"
-            else:
-                item = f'{_lark_string("**{" + _dumps(key) + ": ")} {value_rule} "}}"'
-            items.append((item, key in required))
-        if not items:
-            return [f"{rule}: {_lark_string(spec['name'] + '()')}"]
-        head = f"{rule}: {_lark_string(spec['name'] + '(')} "
-        return [head + _keyword_arguments(items) + ' ")"', *rules]
+        return _python_call_rules(rule, spec)
 
     def _text_terminal(self) -> str:
         return r"/\s*([^\s\[](?s:.*))?/"
 
 
-def _keyword_arguments(items: list[tuple[str, bool]]) -> str:
-    """Lark for keyword arguments in the given order, optional ones omissible, comma-separated."""
+def _py_call(name: str, arguments: Any) -> str:
+    """One call as Python source: keyword arguments, ``**{...}`` for keys that cannot be."""
+    if not isinstance(arguments, dict):
+        arguments = {"arguments": arguments}  # not an object: passed on as one value
+    plain = []
+    odd = {}
+    for key, value in arguments.items():
+        if key.isidentifier() and not keyword.iskeyword(key):
+            plain.append(f"{key}={_py_value(value)}")
+        else:
+            odd[key] = value
+    if odd:
+        plain.append(f"**{_py_value(odd)}")
+    return f"{name}({', '.join(plain)})"
 
-    def rest(k: int) -> str:
-        return " ".join(
-            f'", " {item}' if required else f'(", " {item})?' for item, required in items[k:]
-        )
 
-    alternatives = []
-    for k, (item, required) in enumerate(items):
-        alternatives.append(f"{item} {rest(k + 1)}".strip())
-        if required:  # the first required argument is always written first or after optional ones
-            return "(" + " | ".join(alternatives) + ")"
-    return "(" + " | ".join(alternatives) + ")?"
+def _python_call_rules(rule: str, spec: dict) -> list[str]:
+    """Lark rules for one Python call of ``spec``: ``name(key=<JSON value>, ...)``."""
+    params, defs = _split_definitions(_parameters(spec))
+    props = params.get("properties")
+    props = props if isinstance(props, dict) else {}
+    required = set(params.get("required") or [])
+    rules: list[str] = []
+    items: list[tuple[str, bool]] = []
+    for i, (key, schema) in enumerate(props.items()):
+        value_rule = f"{rule}_arg{i}"
+        schema = schema if isinstance(schema, dict) else {}
+        rules.append(f"{value_rule}: {_lark_json({**schema, **defs})}")
+        if key.isidentifier() and not keyword.iskeyword(key):
+            item = f"{_lark_string(key + '=')} {value_rule}"
+        else:
+            item = f'{_lark_string("**{" + _dumps(key) + ": ")} {value_rule} "}}"'
+        items.append((item, key in required))
+    if not items:
+        return [f"{rule}: {_lark_string(spec['name'] + '()')}"]
+    head = f"{rule}: {_lark_string(spec['name'] + '(')} "
+    return [head + _ordered_items(items, '", "') + ' ")"', *rules]

@@ -8,18 +8,30 @@ from __future__ import annotations
 
 from candle_agents.errors import ConfigError
 from candle_agents.openai.tool_parsers.base import ToolParser
+from candle_agents.openai.tool_parsers.deepseek_v3 import DeepSeekV3ToolParser
+from candle_agents.openai.tool_parsers.gemma import GemmaToolParser
+from candle_agents.openai.tool_parsers.granite import GraniteToolParser
 from candle_agents.openai.tool_parsers.hermes import HermesToolParser
 from candle_agents.openai.tool_parsers.llama3_json import Llama3JsonToolParser
 from candle_agents.openai.tool_parsers.mistral import MistralToolParser
+from candle_agents.openai.tool_parsers.phi4_mini import Phi4MiniToolParser
 from candle_agents.openai.tool_parsers.pythonic import PythonicToolParser
+from candle_agents.openai.tool_parsers.qwen3_coder import Qwen3CoderToolParser
 
 # Every format, in the order detect_tool_parser() asks them about a chat template: put a format
 # before any whose template test could also match its templates (pythonic Llama templates also
-# mention "ipython" and "parameters", which llama3_json looks for).
+# mention "ipython" and "parameters", which llama3_json looks for; Phi-4-mini's "<|tool|>"
+# before Granite's "<|tool_call|>"). Newer formats come after the older ones, so that no
+# template changes parser when a format is added.
 _FORMATS: tuple[type[ToolParser], ...] = (
     MistralToolParser,
     PythonicToolParser,
     Llama3JsonToolParser,
+    DeepSeekV3ToolParser,
+    Qwen3CoderToolParser,
+    Phi4MiniToolParser,
+    GraniteToolParser,
+    GemmaToolParser,
     HermesToolParser,
 )
 

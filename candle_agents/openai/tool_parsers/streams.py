@@ -4,10 +4,12 @@ Each format is one incremental state machine (a ``ToolCallStream``), and ``ToolP
 runs that same machine over the whole text, so streamed and whole-text results cannot drift
 apart. Two shapes cover the formats so far:
 
-- ``_MarkupStream``: text with blocks of calls opened by a marker (hermes, mistral); a format
-  subclasses it with its markers and a character-level ``_push``.
+- ``_MarkupStream``: text with blocks of calls opened by a marker (hermes, mistral,
+  qwen3_coder, deepseek_v3, phi4_mini, gemma); a format subclasses it with its markers and a
+  character-level ``_push`` (``_Expect`` matches the markers inside a block).
 - ``_WholeMessageStream``: the whole message is either calls or content (llama3_json,
-  pythonic); a format passes it two functions, ``looks_like_calls`` and ``read_calls``.
+  pythonic, granite); a format passes it two functions, ``looks_like_calls`` and
+  ``read_calls``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from collections.abc import Callable
 from typing import ClassVar
 
 from candle_agents.openai.tool_parsers.calls import StreamStep, ToolCallDelta, make_call_id
-from candle_agents.openai.tool_parsers.json_reader import _COMPLETE, _MORE, _Call
+from candle_agents.openai.tool_parsers.json_reader import _COMPLETE, _MORE, _WS, _Call
 
 
 class ToolCallStream:
@@ -112,7 +114,7 @@ _TEXT, _BLOCK, _SKIP = range(3)
 
 
 class _MarkupStream(ToolCallStream):
-    """Text with blocks of calls opened by a marker (hermes, mistral)."""
+    """Text with blocks of calls opened by a marker (hermes, mistral and others)."""
 
     _open: ClassVar[str]  # the markup that opens a block
     _skip_to: ClassVar[str]  # after a broken, already announced block: drop text up to this
@@ -163,6 +165,10 @@ class _MarkupStream(ToolCallStream):
                     pos = at + len(self._skip_to) if self._skip_past else at
                     self._mode = _TEXT
             if final and self._mode == _BLOCK:  # unclosed at the end
+                if self._may_end():
+                    self._sync(self._calls, block_done=True)
+                    self._mode = _TEXT
+                    break
                 buf, pos = self._broken(), 0
                 continue
             break
@@ -194,6 +200,36 @@ class _MarkupStream(ToolCallStream):
 
     def _push(self, ch: str) -> int:
         raise NotImplementedError
+
+    def _may_end(self) -> bool:
+        """Whether the text may end here, the block being whole without its closing markup."""
+        return False
+
+
+class _Expect:
+    """Matches one of several markers, character by character, after optional whitespace."""
+
+    __slots__ = ("_got", "_options")
+
+    def __init__(self, *options: str) -> None:
+        self._options = options
+        self._got = ""
+
+    @property
+    def started(self) -> bool:
+        return bool(self._got)
+
+    def push(self, ch: str) -> str | bool:
+        """The marker once it is complete; True while one may still follow; False if none can."""
+        if not self._got and ch in _WS:
+            return True
+        self._got += ch
+        for option in self._options:
+            if option == self._got:
+                return option
+            if option.startswith(self._got):
+                return True
+        return False
 
 
 class _WholeMessageStream(ToolCallStream):
