@@ -77,7 +77,10 @@ class LlamaForCausalLM(nn.Module):
         scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
         if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
             scaling = None
-        self.rotary = RotaryEmbedding(self.spec.head_dim, max_positions, theta, scaling).to(device)
+        trained = c.get("max_position_embeddings")
+        self.rotary = RotaryEmbedding(
+            self.spec.head_dim, max_positions, theta, scaling, int(trained) if trained else None
+        ).to(device)
 
     def forward(
         self,

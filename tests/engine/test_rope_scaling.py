@@ -1,0 +1,42 @@
+"""Rope scaling types (linear, Llama 3's, YaRN) token for token against transformers,
+with prompts past the context the scaling stretches."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.exactness import GREEDY, Reference, check, engine_for, make_prompts
+from tests.support.tiny_models import build_tiny_model
+
+SCALINGS = {
+    "linear": {"rope_type": "linear", "factor": 4.0},
+    "llama3": {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    },
+    "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64},
+    "yarn-mscale": {
+        "rope_type": "yarn",
+        "factor": 4.0,
+        "original_max_position_embeddings": 64,
+        "mscale": 1.0,
+        "mscale_all_dim": 0.5,
+        "beta_fast": 16,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SCALINGS))
+def test_scaled_rope_matches_transformers(kind, tmp_path):
+    scaling = {**SCALINGS[kind], "rope_theta": 10000.0}
+    folder = build_tiny_model(
+        "llama", tmp_path, name=kind, max_position_embeddings=256, rope_parameters=scaling
+    )
+    ref = Reference(folder)
+    assert ref.model.config.rope_parameters["rope_type"] == scaling["rope_type"]
+    with engine_for(folder) as engine:
+        prompts = make_prompts(3, engine.runner.model.vocab_size, seed=5, lengths=[20, 90, 150])
+        check(engine, ref, prompts, engine.generate(prompts, GREEDY))
