@@ -70,6 +70,8 @@ class _Layer(ctypes.Structure):
         ("o", _Linear),
         ("gate_up", _Linear),
         ("down", _Linear),
+        ("rope", _i32),
+        ("_pad", _i32),
     ]
 
 
@@ -153,6 +155,7 @@ class DecodeStack:
             s.q_norm = _f32_ptr(attn.q_norm.weight if attn.q_norm else None, "q_norm")
             s.k_norm = _f32_ptr(attn.k_norm.weight if attn.k_norm else None, "k_norm")
             s.k_cache, s.v_cache = k_cache.data_ptr(), v_cache.data_ptr()
+            s.rope = int(attn.use_rope)
             for name, module in (
                 ("qkv", attn.qkv_proj),
                 ("o", attn.o_proj),

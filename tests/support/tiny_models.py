@@ -20,6 +20,8 @@ ARCHS = {
     "mistral": ("MistralConfig", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
+    # the second layer without rotary embedding
+    "smollm3": ("SmolLM3Config", {"no_rope_layers": [1, 0]}),
 }
 
 

@@ -42,6 +42,8 @@ typedef struct {
     const float *q_norm, *k_norm; /* NULL without QK-norm */
     void *k_cache, *v_cache;      /* [blocks, kv_heads, block_size, head_dim] */
     stack_linear qkv, o, gate_up, down;
+    int32_t rope; /* 0: a layer without rotary embedding (SmolLM3's every fourth) */
+    int32_t _pad;
 } stack_layer;
 
 typedef struct {
@@ -124,8 +126,10 @@ int decode_stack(const stack_model *m, int64_t M, float *x, float *residual, flo
                 rms_norm(r, L->q_norm, r, m->heads, d, m->eps, 1);
                 rms_norm(r + q, L->k_norm, r + q, m->kv_heads, d, m->eps, 1);
             }
-        rotary(qkv, qkv_w, m->heads, m->cos, m->sin, pos, M, d, threads);
-        rotary(qkv + q, qkv_w, m->kv_heads, m->cos, m->sin, pos, M, d, threads);
+        if (L->rope) {
+            rotary(qkv, qkv_w, m->heads, m->cos, m->sin, pos, M, d, threads);
+            rotary(qkv + q, qkv_w, m->kv_heads, m->cos, m->sin, pos, M, d, threads);
+        }
         store_kv(qkv + q, qkv_w, qkv + q + kv, qkv_w, L->k_cache, L->v_cache, m->ctype, slots, M,
                  m->kv_heads, d, bs);
         if (decode_attention(qkv, qkv_w, L->k_cache, L->v_cache, m->ctype, tables, table_stride,

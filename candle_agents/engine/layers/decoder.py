@@ -1,4 +1,4 @@
-"""Shared decoder blocks for the Llama family (Llama, Mistral, Qwen2, Qwen3).
+"""Shared decoder blocks for the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM3).
 
 Q/K/V and gate/up projections are fused into one matrix each: one larger
 matmul is cheaper than three small ones, on CPU especially. ``load_weight``
@@ -40,6 +40,8 @@ class DecoderSpec:
     rms_norm_eps: float
     attention_bias: bool = False
     qk_norm: bool = False
+    # Per layer: whether it applies the rotary embedding (None: every layer does).
+    rope_layers: tuple[bool, ...] | None = None
 
 
 class Attention(nn.Module):
@@ -60,6 +62,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=False)
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
+        self.use_rope = spec.rope_layers is None or spec.rope_layers[layer_idx]
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         qkv = self.qkv_proj(x)
@@ -69,7 +72,8 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q, ctx.ops), self.k_norm(k, ctx.ops)
-        q, k = ctx.ops.rotary(q, k, ctx.rotary.cos, ctx.rotary.sin, ctx.positions)
+        if self.use_rope:
+            q, k = ctx.ops.rotary(q, k, ctx.rotary.cos, ctx.rotary.sin, ctx.positions)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.meta)
         out = ctx.backend.attend(q, k, v, k_cache, v_cache, ctx.meta, self.scale)

@@ -10,6 +10,7 @@ from candle_agents.engine.models.llama import LlamaForCausalLM
 from candle_agents.engine.models.mistral import MistralForCausalLM
 from candle_agents.engine.models.qwen2 import Qwen2ForCausalLM
 from candle_agents.engine.models.qwen3 import Qwen3ForCausalLM
+from candle_agents.engine.models.smollm3 import SmolLM3ForCausalLM
 from candle_agents.errors import ModelLoadError
 
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
@@ -17,6 +18,7 @@ MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "MistralForCausalLM": MistralForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
+    "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
     # GGUF general.architecture names
     "llama": LlamaForCausalLM,
     "mistral": MistralForCausalLM,
