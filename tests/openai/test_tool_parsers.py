@@ -1,4 +1,4 @@
-"""Tool-call parsers: whole-text parsing, streaming, rendering, prompts and call grammars."""
+"""hermes, llama3_json, mistral and pythonic tool calls: parsing, streaming, rendering, prompts."""
 
 from __future__ import annotations
 
@@ -11,50 +11,26 @@ import pytest
 from candle_agents.errors import ConfigError
 from candle_agents.openai.tool_parsers import (
     TOOL_PARSERS,
-    ParsedMessage,
     StreamStep,
     ToolCallStream,
-    ToolParser,
     detect_tool_parser,
     get_tool_parser,
     make_call_id,
     merge_steps,
 )
-
-# The formats whose corpora live here; the newer ones (qwen3_coder, deepseek_v3, phi4_mini,
-# granite, gemma) are tested in test_tool_formats.py.
-PARSER_NAMES = ["hermes", "llama3_json", "mistral", "pythonic"]
-
-
-def calls_of(message: ParsedMessage) -> list[tuple[str, dict]]:
-    return [(call.name, json.loads(call.arguments)) for call in message.tool_calls]
-
-
-def summary(message: ParsedMessage) -> tuple[str | None, list[tuple[str, str]]]:
-    return message.content, [(call.name, call.arguments) for call in message.tool_calls]
-
-
-def chunks_of(text: str, size: int) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def random_chunks(text: str, rng: random.Random) -> list[str]:
-    cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(1, 8))))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
-
-
-def run_stream(parser: ToolParser, pieces: list[str], incremental: bool = True) -> list[StreamStep]:
-    stream = parser.stream(None, incremental=incremental)
-    return [stream.feed(piece) for piece in pieces] + [stream.finish()]
-
-
-def openai_call(name: str, arguments: dict) -> dict:
-    return {
-        "id": make_call_id(),
-        "type": "function",
-        "function": {"name": name, "arguments": json.dumps(arguments)},
-    }
-
+from tests.openai.tool_cases import (
+    FUZZ_ROUNDS,
+    PARSER_NAMES,
+    TOOLS,
+    calls_of,
+    chunks_of,
+    mutate,
+    openai_call,
+    random_chunks,
+    run_stream,
+    splittings,
+    summary,
+)
 
 # -- corpora: what models write, well-formed and not ------------------------------------------
 
@@ -140,7 +116,8 @@ AGREE = {
 }
 
 # Broken after the stream has announced a call: parse() says content; an incremental stream
-# keeps the call it sent (see the module docstring), a non-incremental one agrees with parse().
+# keeps the call it sent (see the tool_parsers.base docstring), a non-incremental one agrees
+# with parse().
 LATE_BREAKS = {
     "hermes": [
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}',  # unclosed tag
@@ -163,15 +140,6 @@ LATE_BREAKS = {
     "llama3_json": [],
     "pythonic": [],
 }
-
-
-def splittings(text: str) -> list[list[str]]:
-    rng = random.Random(text)
-    out = [chunks_of(text, size) for size in range(1, 8)]
-    if len(text) > 1:
-        out += [random_chunks(text, rng) for _ in range(12)]
-    return out
-
 
 # -- ids and registry -------------------------------------------------------------------------
 
@@ -413,27 +381,6 @@ def test_stream_adds_up_to_parse_for_every_split(name, incremental):
             assert "".join(s.content for s in steps) == (expected[0] or ""), (text, pieces)
 
 
-FUZZ_ROUNDS = 300
-NOISE = '{}[]()":,;= \n<>/\\aé🎉0'
-
-
-def mutate(text: str, rng: random.Random) -> str:
-    """A few random edits: what a small model gets wrong."""
-    chars = list(text)
-    for _ in range(rng.randint(1, 4)):
-        at = rng.randrange(len(chars) + 1)
-        action = rng.choice(["insert", "delete", "replace", "cut"])
-        if action == "cut":
-            return "".join(chars[:at])
-        if action == "insert" or at == len(chars):
-            chars.insert(at, rng.choice(NOISE))
-        elif action == "delete":
-            del chars[at]
-        else:
-            chars[at] = rng.choice(NOISE)
-    return "".join(chars)
-
-
 @pytest.mark.parametrize("name", PARSER_NAMES)
 def test_fuzzed_outputs_never_raise_and_streams_agree(name):
     parser = get_tool_parser(name)
@@ -585,25 +532,6 @@ def test_feed_after_finish_is_an_error():
 
 # -- rendering and prompts --------------------------------------------------------------------
 
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "Current weather for a city.",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "description": "City name"},
-                    "days": {"type": "integer"},
-                },
-                "required": ["city"],
-            },
-        },
-    },
-    {"type": "function", "function": {"name": "get_time", "description": "The time now."}},
-]
-
 
 @pytest.mark.parametrize("name", PARSER_NAMES)
 def test_render_calls_round_trips_through_parse(name):
@@ -648,191 +576,3 @@ def test_render_tools_prompt_names_tools_and_format(name):
     assert "<city>" in example and "..." not in example
     filled = example.replace("<city>", '"Paris"')
     assert calls_of(parser.parse(filled)) == [("get_weather", {"city": "Paris"})]
-
-
-# -- call grammars (llguidance) ---------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def guidance():
-    llg = pytest.importorskip("llguidance")
-    from candle_agents.engine.loader import open_checkpoint
-    from candle_agents.errors import ModelLoadError
-
-    try:
-        tokenizer = open_checkpoint(None).tokenizer
-    except ModelLoadError as exc:
-        pytest.skip(f"default model not installed: {exc}")
-    ll_tokenizer = llg.LLTokenizer(tokenizer.to_str(), eos_token=2)
-
-    def accepts(grammar: str, text: str) -> bool:
-        matcher = llg.LLMatcher(ll_tokenizer, llg.LLMatcher.grammar_from_lark(grammar), log_level=0)
-        assert not matcher.is_error(), matcher.get_error()
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        return bool(matcher.consume_tokens(ids)) and matcher.is_accepting()
-
-    return accepts
-
-
-def weather(city="Paris", **more) -> dict:
-    return openai_call("get_weather", {"city": city, **more})
-
-
-@pytest.mark.parametrize("name", PARSER_NAMES)
-def test_required_grammar_accepts_valid_calls_only(guidance, name):
-    parser = get_tool_parser(name)
-    grammar = parser.call_grammar(TOOLS, "required")
-    good = [
-        [weather()],
-        [weather("東京", days=2)],
-        [openai_call("get_time", {})],
-        [weather(), openai_call("get_time", {})],
-    ]
-    for calls in good:
-        text = parser.render_calls(calls)
-        assert guidance(grammar, text), text
-        assert len(parser.parse(text).tool_calls) == len(calls)
-    bad = [
-        [weather(3)],  # wrong type
-        [openai_call("get_weather", {"days": 2})],  # required argument missing
-        [openai_call("get_stock", {"symbol": "X"})],  # not an offered tool
-    ]
-    for calls in bad:
-        text = parser.render_calls(calls)
-        assert not guidance(grammar, text), text
-    assert not guidance(grammar, "I don't need a tool.")
-    single = parser.call_grammar(TOOLS, "required", parallel=False)
-    assert guidance(single, parser.render_calls([weather()]))
-    assert not guidance(single, parser.render_calls([weather(), weather("Rome")]))
-
-
-@pytest.mark.parametrize("name", PARSER_NAMES)
-def test_named_grammar_allows_only_that_tool(guidance, name):
-    parser = get_tool_parser(name)
-    grammar = parser.call_grammar(TOOLS, "get_time")
-    assert guidance(grammar, parser.render_calls([openai_call("get_time", {})]))
-    assert not guidance(grammar, parser.render_calls([weather()]))
-    assert not guidance(grammar, parser.render_calls([openai_call("get_time", {})] * 2))
-
-
-@pytest.mark.parametrize("name", PARSER_NAMES)
-def test_auto_grammar_allows_text_or_calls(guidance, name):
-    parser = get_tool_parser(name)
-    grammar = parser.call_grammar(TOOLS, "auto")
-    assert guidance(grammar, "The weather is fine, no tool needed.")
-    assert guidance(grammar, parser.render_calls([weather(), openai_call("get_time", {})]))
-    assert not guidance(grammar, parser.render_calls([weather(3)]))
-    starts = {
-        "hermes": "<tool_call>\nnot json",
-        "mistral": "[TOOL_CALLS]oops",
-        "llama3_json": '{"name": "oops"}',
-        "pythonic": "[oops()]",
-    }
-    assert not guidance(grammar, starts[name])
-
-
-def test_pythonic_grammar_values_parse_back(guidance):
-    pythonic = get_tool_parser("pythonic")
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "set",
-                "parameters": {
-                    "type": "object",
-                    "properties": {
-                        "flag": {"type": "boolean"},
-                        "tags": {"type": "array", "items": {"type": "string"}},
-                        "my-key": {"type": "integer"},
-                    },
-                    "required": ["tags"],
-                },
-            },
-        }
-    ]
-    grammar = pythonic.call_grammar(tools, "required")
-    # %json writes JSON literals; the parser reads true/false/null as such.
-    for text, arguments in [
-        (
-            '[set(flag=true, tags=["a"], **{"my-key": 1})]',
-            {"flag": True, "tags": ["a"], "my-key": 1},
-        ),
-        ("[set(tags=[])]", {"tags": []}),
-        ('[set(tags=["x"], **{"my-key": 2})]', {"tags": ["x"], "my-key": 2}),
-    ]:
-        assert guidance(grammar, text), text
-        assert calls_of(pythonic.parse(text)) == [("set", arguments)]
-    assert not guidance(grammar, "[set(flag=true)]")  # tags is required
-    assert not guidance(grammar, '[set(tags="a")]')
-
-
-def test_grammar_shapes():
-    hermes = get_tool_parser("hermes")
-    grammar = hermes.call_grammar(TOOLS, "required")
-    assert 'call: "<tool_call>\\n" (call_get_weather | call_get_time) "\\n</tool_call>"' in grammar
-    rule = next(line for line in grammar.splitlines() if line.startswith("call_get_time:"))
-    schema = json.loads(rule.split("%json", 1)[1])
-    assert schema == {
-        "type": "object",
-        "properties": {
-            "name": {"const": "get_time"},
-            "arguments": {"type": "object", "properties": {}},
-        },
-        "required": ["name", "arguments"],
-        "additionalProperties": False,
-        "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "},
-    }
-
-
-@pytest.mark.parametrize("name", PARSER_NAMES)
-def test_grammar_errors(name):
-    parser = get_tool_parser(name)
-    with pytest.raises(ConfigError) as info:
-        parser.call_grammar(TOOLS, "get_stock")
-    assert info.value.field == "tool_choice"
-    with pytest.raises(ConfigError) as info:
-        parser.call_grammar([], "required")
-    assert info.value.field == "tools"
-
-
-@pytest.mark.parametrize("name", PARSER_NAMES)
-def test_grammar_keeps_schema_definitions(guidance, name):
-    # Pydantic-style schemas reference shared definitions from the schema root.
-    parser = get_tool_parser(name)
-    tools = [
-        {
-            "type": "function",
-            "function": {
-                "name": "route",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"start": {"$ref": "#/$defs/Place"}},
-                    "required": ["start"],
-                    "$defs": {
-                        "Place": {
-                            "type": "object",
-                            "properties": {"city": {"type": "string"}},
-                            "required": ["city"],
-                        }
-                    },
-                },
-            },
-        }
-    ]
-    grammar = parser.call_grammar(tools, "route")
-    assert guidance(
-        grammar, parser.render_calls([openai_call("route", {"start": {"city": "Oslo"}})])
-    )
-    assert not guidance(
-        grammar, parser.render_calls([openai_call("route", {"start": {"city": 1}})])
-    )
-
-
-def test_grammar_json_is_written_as_json_dumps_writes_it(guidance):
-    # Fixed separators: no room for a small model to ramble in whitespace.
-    hermes = get_tool_parser("hermes")
-    grammar = hermes.call_grammar(TOOLS, "required")
-    canonical = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
-    assert guidance(grammar, canonical)
-    assert not guidance(grammar, canonical.replace('": ', '":'))
-    assert not guidance(grammar, canonical.replace("{", "{\n  ", 1))
