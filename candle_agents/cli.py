@@ -1,4 +1,4 @@
-"""The `candle-agents` command: generate, chat, models, serve."""
+"""The `candle-agents` command: generate, chat, models, pull, serve."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from candle_agents.candle_vllm_args import add_candle_vllm_args
 from candle_agents.engine_args import add_engine_args, engine_options, parse_memory
 from candle_agents.errors import CandleError
 
@@ -31,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_args(chat)
     _sampling_args(chat, 512)
     sub.add_parser("models", help="list the models usable by name")
+    pull = sub.add_parser("pull", help="download a Hugging Face model into the local cache")
+    pull.add_argument("name", help="org/name, org/name-GGUF:Q4_K_M, hf.co/...; @revision")
     _serve_args(sub)
     return parser
 
@@ -125,6 +128,7 @@ def _serve_args(sub: argparse._SubParsersAction) -> None:
     )
     # SUPPRESS: when absent, the top-level --log-level stays in force.
     serve.add_argument("--log-level", default=argparse.SUPPRESS, help="debug, info, warning...")
+    add_candle_vllm_args(serve)  # --m, --w, --h, --p, --mem... (users of candle-vllm)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "models":
             return _models()
+        if args.command == "pull":
+            return _pull(args.name)
         if args.command == "serve":
             return _serve(args)
         engine = _load(args)
@@ -176,6 +182,13 @@ def _models() -> int:
 
     for name, where in known_models().items():
         print(f"{name}\t{where}")
+    return 0
+
+
+def _pull(name: str) -> int:
+    from candle_agents.engine.loader.hub import pull
+
+    print(pull(name))
     return 0
 
 

@@ -11,6 +11,7 @@ import threading
 
 import uvicorn
 
+from candle_agents.candle_vllm_args import apply_candle_vllm_args, candle_vllm_engine_options
 from candle_agents.engine_args import engine_options
 from candle_agents.server.app import create_app
 
@@ -47,8 +48,9 @@ class _Server(uvicorn.Server):
 
 def run(args: argparse.Namespace) -> int:
     """Load the engine, serve until SIGINT/SIGTERM, shut down cleanly; the exit code."""
+    apply_candle_vllm_args(args)  # candle-vllm's flags onto ours (ConfigError: exit 2)
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    engine_config = engine_options(args)
+    engine_config = {**engine_options(args), **candle_vllm_engine_options(args)}
     app = create_app(
         model=args.model,
         served_model_name=args.served_model_name,
