@@ -1,10 +1,14 @@
 """Rope scaling types (linear, Llama 3's, YaRN) token for token against transformers,
-with prompts past the context the scaling stretches."""
+with prompts past the context the scaling stretches; the kinds not supported yet refused."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from candle_agents import Engine
+from candle_agents.errors import ModelLoadError
 from tests.support.exactness import GREEDY, Reference, check, engine_for, make_prompts
 from tests.support.tiny_models import build_tiny_model
 
@@ -40,3 +44,27 @@ def test_scaled_rope_matches_transformers(kind, tmp_path):
     with engine_for(folder) as engine:
         prompts = make_prompts(3, engine.runner.model.vocab_size, seed=5, lengths=[20, 90, 150])
         check(engine, ref, prompts, engine.generate(prompts, GREEDY))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"partial_rotary_factor": 0.75}, "partial_rotary_factor=0.75"),
+        (
+            {
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 10000.0,
+                    "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8,
+                    "original_max_position_embeddings": 64,
+                }
+            },
+            "rope scaling type 'longrope' is not supported yet",
+        ),
+    ],
+)
+def test_phi_variants_not_supported_yet_are_refused(overrides, message, tmp_path):
+    folder = build_tiny_model("phi3", tmp_path, max_position_embeddings=256, **overrides)
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        Engine.from_pretrained(str(folder), kv_cache_memory=2**20)

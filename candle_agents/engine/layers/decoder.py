@@ -1,4 +1,4 @@
-"""Shared decoder blocks for the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM3).
+"""Shared decoder blocks for the Llama family (Llama, Mistral, Qwen2, Qwen3, SmolLM3, Phi-3).
 
 Q/K/V and gate/up projections are fused into one matrix each: one larger
 matmul is cheaper than three small ones, on CPU especially. ``load_weight``

@@ -8,6 +8,7 @@ from torch import nn
 
 from candle_agents.engine.models.llama import LlamaForCausalLM
 from candle_agents.engine.models.mistral import MistralForCausalLM
+from candle_agents.engine.models.phi3 import Phi3ForCausalLM
 from candle_agents.engine.models.qwen2 import Qwen2ForCausalLM
 from candle_agents.engine.models.qwen3 import Qwen3ForCausalLM
 from candle_agents.engine.models.smollm3 import SmolLM3ForCausalLM
@@ -16,6 +17,7 @@ from candle_agents.errors import ModelLoadError
 MODEL_REGISTRY: dict[str, type[nn.Module]] = {
     "LlamaForCausalLM": LlamaForCausalLM,
     "MistralForCausalLM": MistralForCausalLM,
+    "Phi3ForCausalLM": Phi3ForCausalLM,
     "Qwen2ForCausalLM": Qwen2ForCausalLM,
     "Qwen3ForCausalLM": Qwen3ForCausalLM,
     "SmolLM3ForCausalLM": SmolLM3ForCausalLM,
