@@ -20,8 +20,9 @@ ARCHS = {
     "mistral": ("MistralConfig", {"sliding_window": None}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
-    # Q/K/V and gate/up fused in the checkpoint; no sliding window (it would cap the context)
-    "phi3": ("Phi3Config", {"sliding_window": None}),
+    # Q/K/V and gate/up fused in the checkpoint; rotary over 3/4 of each head (Phi-4-mini);
+    # no sliding window (it would cap the context)
+    "phi3": ("Phi3Config", {"sliding_window": None, "partial_rotary_factor": 0.75}),
     # the second layer without rotary embedding
     "smollm3": ("SmolLM3Config", {"no_rope_layers": [1, 0]}),
 }

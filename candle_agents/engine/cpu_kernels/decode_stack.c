@@ -49,7 +49,8 @@ typedef struct {
 typedef struct {
     int32_t layers, hidden, inter, heads, kv_heads, head_dim, block_size, ctype;
     float eps, scale;
-    const float *cos, *sin; /* [positions, head_dim] */
+    int32_t rot_dim, _pad;  /* rotary width: head_dim, or less (partial rotary) */
+    const float *cos, *sin; /* [positions, rot_dim] */
     const stack_layer *layer;
 } stack_model;
 
@@ -127,8 +128,8 @@ int decode_stack(const stack_model *m, int64_t M, float *x, float *residual, flo
                 rms_norm(r + q, L->k_norm, r + q, m->kv_heads, d, m->eps, 1);
             }
         if (L->rope) {
-            rotary(qkv, qkv_w, m->heads, m->cos, m->sin, pos, M, d, threads);
-            rotary(qkv + q, qkv_w, m->kv_heads, m->cos, m->sin, pos, M, d, threads);
+            rotary(qkv, qkv_w, m->heads, m->cos, m->sin, pos, M, m->rot_dim, d, threads);
+            rotary(qkv + q, qkv_w, m->kv_heads, m->cos, m->sin, pos, M, m->rot_dim, d, threads);
         }
         store_kv(qkv + q, qkv_w, qkv + q + kv, qkv_w, L->k_cache, L->v_cache, m->ctype, slots, M,
                  m->kv_heads, d, bs);

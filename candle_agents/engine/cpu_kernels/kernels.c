@@ -155,13 +155,14 @@ void silu_and_mul(const float *gate_up, float *out, int64_t rows, int inter, int
     run_rows(silu_rows, &a, rows, inter, threads);
 }
 
-/* Rotary embedding (rotate-half form), in place on `heads` heads of `d` per
- * row; rows are `stride` floats apart, so q and k can be rotated inside the
- * fused QKV output. cos/sin are [positions, d] tables. */
+/* Rotary embedding (rotate-half form), in place on the first `d` values of
+ * `heads` heads of `head_dim` per row (d < head_dim: partial rotary, as in
+ * Phi-4-mini); rows are `stride` floats apart, so q and k can be rotated inside
+ * the fused QKV output. cos/sin are [positions, d] tables. */
 typedef struct {
     float *x;
     int64_t stride;
-    int heads, d;
+    int heads, d, head_dim; /* rotate the first d of each head's head_dim values */
     const float *cos_t, *sin_t;
     const int64_t *pos;
 } rotary_args;
@@ -172,7 +173,7 @@ static void rotary_rows(const void *p, int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; r++) {
         const float *c = ra->cos_t + ra->pos[r] * d, *s = ra->sin_t + ra->pos[r] * d;
         for (int h = 0; h < ra->heads; h++) {
-            float *v = ra->x + r * ra->stride + (int64_t)h * d;
+            float *v = ra->x + r * ra->stride + (int64_t)h * ra->head_dim;
 #pragma omp simd
             for (int j = 0; j < half; j++) {
                 float a = v[j], b = v[j + half];
@@ -184,8 +185,8 @@ static void rotary_rows(const void *p, int64_t r0, int64_t r1) {
 }
 
 void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float *sin_t,
-            const int64_t *pos, int64_t rows, int d, int threads) {
-    rotary_args a = {x, stride, heads, d, cos_t, sin_t, pos};
+            const int64_t *pos, int64_t rows, int d, int head_dim, int threads) {
+    rotary_args a = {x, stride, heads, d, head_dim, cos_t, sin_t, pos};
     run_rows(rotary_rows, &a, rows, (int64_t)heads * d, threads);
 }
 /* ---- small-M matmul on panel-packed weights, AVX-512 -----------------------

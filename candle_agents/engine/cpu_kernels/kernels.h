@@ -14,7 +14,7 @@ void add_rms_norm(float *x, float *residual, const float *w, int64_t rows, int d
                   int threads);
 void silu_and_mul(const float *gate_up, float *out, int64_t rows, int inter, int threads);
 void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float *sin_t,
-            const int64_t *pos, int64_t rows, int d, int threads);
+            const int64_t *pos, int64_t rows, int d, int head_dim, int threads);
 int decode_attention(const float *q, int64_t q_stride, const void *k_cache, const void *v_cache,
                      int ctype, const int64_t *tables, int64_t table_stride,
                      const int64_t *seq_lens, float *out, int batch, int heads, int kv_heads,

@@ -130,7 +130,7 @@ def _open(path: Path) -> bool:
         "rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "add_rms_norm": (None, [ptr, ptr, ptr, i64, i32, f32, i32]),
         "silu_and_mul": (None, [ptr, ptr, i64, i32, i32]),
-        "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32]),
+        "rotary": (None, [ptr, i64, i32, ptr, ptr, ptr, i64, i32, i32, i32]),
         "gemm_packed": (i32, [ptr, i64, i64, ptr, ptr, i64, ptr, i32]),
         "release_thread_pool": (i32, []),
         "quant_supported": (i32, [i32, i32]),

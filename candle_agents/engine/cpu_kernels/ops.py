@@ -131,12 +131,18 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_(
-    x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor
+    x: torch.Tensor,
+    heads: int,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    head_dim: int | None = None,
 ) -> None:
     """Rotate, in place, the first ``heads`` heads of each row of ``x`` [rows, >= heads * d].
 
     ``x`` may be a column slice of a wider matrix (rows ``x.stride(0)`` apart,
-    columns contiguous); ``cos``/``sin`` are [positions, d] tables.
+    columns contiguous); ``cos``/``sin`` are [positions, d] tables. With ``head_dim``
+    > d, heads are ``head_dim`` apart and only their first d values turn.
     """
     d = cos.shape[-1]
     library._lib.rotary(
@@ -148,6 +154,7 @@ def rotary_(
         positions.data_ptr(),
         x.shape[0],
         d,
+        head_dim or d,
         num_threads(),
     )
 

@@ -42,14 +42,20 @@ class TorchOps:
         sin: torch.Tensor,
         positions: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [T, H, D] and k [T, Hkv, D] by position; ``cos``/``sin`` are tables."""
+        """Rotate q [T, H, D] and k [T, Hkv, D] by position; ``cos``/``sin`` are tables.
+
+        Tables narrower than D turn only the first part of each head (partial rotary).
+        """
         c = cos[positions].to(q.dtype)[:, None, :]
         s = sin[positions].to(q.dtype)[:, None, :]
         return _rotate(q, c, s), _rotate(k, c, s)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
+    d = cos.shape[-1]
+    if d < x.shape[-1]:
+        return torch.cat((_rotate(x[..., :d], cos, sin), x[..., d:]), dim=-1)
+    half = d // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
 
@@ -89,8 +95,9 @@ class CpuKernelOps(TorchOps):
             and positions.dtype == torch.int64
             and positions.is_contiguous()
         ):
-            cpu_kernels.rotary_(q.view(q.shape[0], -1), q.shape[1], cos, sin, positions)
-            cpu_kernels.rotary_(k.view(k.shape[0], -1), k.shape[1], cos, sin, positions)
+            d = q.shape[2]
+            cpu_kernels.rotary_(q.view(q.shape[0], -1), q.shape[1], cos, sin, positions, d)
+            cpu_kernels.rotary_(k.view(k.shape[0], -1), k.shape[1], cos, sin, positions, d)
             return q, k
         return super().rotary(q, k, cos, sin, positions)
 

@@ -78,8 +78,11 @@ class LlamaForCausalLM(nn.Module):
         if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
             scaling = None
         trained = c.get("max_position_embeddings")
+        # Partial rotary (Phi-4-mini): only the first part of each head turns.
+        partial = float(c.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)))
+        width = int(self.spec.head_dim * partial)
         self.rotary = RotaryEmbedding(
-            self.spec.head_dim, max_positions, theta, scaling, int(trained) if trained else None
+            width, max_positions, theta, scaling, int(trained) if trained else None
         ).to(device)
 
     def forward(
