@@ -210,7 +210,7 @@ def add_candle_vllm_args(parser: argparse.ArgumentParser) -> None:
         "--f",
         metavar="FILE",
         help="a GGUF file: in --w's folder (--model W/FILE), in --m's Hub repo "
-        "(--model M:QUANT, the quant tag in FILE's name), or a path on its own",
+        "(--model M:FILE.gguf; a folder name picks by quant, M:QUANT), or a path on its own",
     )
     add("--d", metavar="DEVICE_ID", help="--device cuda:ID (one device: no tensor parallelism)")
     add("--cpu", action="store_true", help="--device cpu")
@@ -401,6 +401,9 @@ def _apply_model(args: argparse.Namespace) -> None:
     elif model_id is not None:
         if Path(model_id).expanduser().is_dir():
             args.model = str(Path(model_id) / weight_file)
+        elif weight_file.lower().endswith(".gguf"):
+            # The file itself, by name: the Hub resolver takes REPO:FILE.gguf exactly.
+            args.model = f"{model_id}:{weight_file.strip().rsplit('/', 1)[-1]}"
         else:
             args.model = f"{model_id}:{_hub_quant(model_id, weight_file)}"
     else:
@@ -408,11 +411,8 @@ def _apply_model(args: argparse.Namespace) -> None:
 
 
 def _hub_quant(repo: str, weight_file: str) -> str:
-    """The tag for ``--m REPO --f FILE``: Hub names pick a GGUF by quant (REPO:QUANT).
-
-    FILE's quant tag (Q4_K_M of model-Q4_K_M.gguf), else its stem, which the Hub
-    resolver matches in file names as well; a folder (candle-vllm downloads all its
-    GGUFs) gives its own name, as unsloth's Q3_K_S/ and the like are named by quant.
+    """The tag for ``--m REPO --f FOLDER``: a folder of GGUFs (candle-vllm downloads them
+    all) picks by quant, as unsloth's Q3_K_S/ and the like are named by it (REPO:QUANT).
     """
     name = weight_file.strip().strip("/").rsplit("/", 1)[-1]
     if name.lower().endswith(".gguf"):

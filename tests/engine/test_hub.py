@@ -117,6 +117,7 @@ def test_the_cache_is_the_layout_huggingface_hub_reads(hub_cache):
         ("/models/llama", None),
         ("./org/name", None),
         ("org/model.gguf", None),
+        ("org/m-GGUF:m-Q4_0.gguf", HubName("org/m-GGUF", None, "m-Q4_0.gguf")),
         ("a/b/c", None),
         ("org/m@../../etc", None),
     ],
@@ -142,6 +143,14 @@ def test_gguf_quant_tag_picks_the_file(hub_cache):
         assert Path(checkpoint.path) == snapshot / file
         direct = open_checkpoint(str(GGUF_DIR / f"llama-h256-{tag.upper()}.gguf"))
         assert checkpoint.config == direct.config and checkpoint.quantized == direct.quantized
+
+
+def test_a_file_name_picks_that_file_exactly(hub_cache):
+    snapshot = hub_cache / "models--tiny-org--tiny-GGUF" / "snapshots" / MAIN
+    checkpoint = open_checkpoint("tiny-org/tiny-GGUF:tiny-Q8_0.gguf")
+    assert Path(checkpoint.path) == snapshot / "tiny-Q8_0.gguf"
+    with pytest.raises(ModelLoadError, match=r"no GGUF file named 'Q8_0.gguf' .* available"):
+        open_checkpoint("tiny-org/tiny-GGUF:Q8_0.gguf")  # a name, not a tag: no near match
 
 
 def test_without_a_tag_q4_k_m_is_the_default_and_logged(caplog):

@@ -131,15 +131,18 @@ def test_f_alone_is_a_path():
 @pytest.mark.parametrize(
     ("file", "model"),
     [
-        ("Qwen3-30B-A3B-Instruct-2507-Q4_K_M.gguf", "unsloth/X-GGUF:Q4_K_M"),
-        ("qwq-32b-q4_k_m.gguf", "unsloth/X-GGUF:q4_k_m"),
-        ("Q3_K_S", "unsloth/X-GGUF:Q3_K_S"),  # candle-vllm: a folder of the repo
-        ("m-Q8_0-00001-of-00002.gguf", "unsloth/X-GGUF:Q8_0"),
-        ("UD-Q4_K_XL/m-UD-Q4_K_XL.gguf", "unsloth/X-GGUF:UD-Q4_K_XL"),
-        ("model.gguf", "unsloth/X-GGUF:model"),  # no tag: the stem, matched in names
+        # a file: that file, by name
+        (
+            "Qwen3-30B-A3B-Instruct-2507-Q4_K_M.gguf",
+            "unsloth/X-GGUF:Qwen3-30B-A3B-Instruct-2507-Q4_K_M.gguf",
+        ),
+        ("UD-Q4_K_XL/m-UD-Q4_K_XL.gguf", "unsloth/X-GGUF:m-UD-Q4_K_XL.gguf"),
+        ("model.gguf", "unsloth/X-GGUF:model.gguf"),
+        # candle-vllm: a folder of the repo, named by its quant
+        ("Q3_K_S", "unsloth/X-GGUF:Q3_K_S"),
     ],
 )
-def test_f_with_a_hub_repo_is_its_quant_tag(file, model):
+def test_f_with_a_hub_repo_names_the_file(file, model):
     assert serve_args("--m", "unsloth/X-GGUF", "--f", file).model == model
 
 
@@ -147,7 +150,7 @@ def test_hub_tag_reads_as_a_hub_name():
     from candle_agents.engine.loader.hub import parse_hub_name
 
     ref = parse_hub_name(serve_args("--m", "org/X-GGUF", "--f", "x-Q4_K_M.gguf").model)
-    assert (ref.repo, ref.quant) == ("org/X-GGUF", "Q4_K_M")
+    assert (ref.repo, ref.quant) == ("org/X-GGUF", "x-Q4_K_M.gguf")
 
 
 def test_f_with_a_local_m_folder_is_a_file_in_it(tmp_path):

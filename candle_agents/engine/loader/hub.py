@@ -77,7 +77,8 @@ class HubName:
 def parse_hub_name(name: str) -> HubName | None:
     """``name`` as a Hub name, or None when it reads as a path or another name."""
     match = _NAME.fullmatch(name.strip())
-    if match is None or name.lower().endswith(".gguf"):
+    # A name ending in .gguf is a path, unless the .gguf is the file after the colon.
+    if match is None or (name.lower().endswith(".gguf") and not match["quant"]):
         return None
     repo, revision = match["repo"], match["rev"] or match["rev2"]
     if "--" in repo or ".." in repo or (match["rev"] and match["rev2"]):
@@ -272,8 +273,13 @@ def _has_quant(file: str, quant: str) -> bool:
 
 
 def _pick_gguf(ref: HubName, files: list[str]) -> str | None:
-    """The file of ``ref.quant`` (None when absent); without a quant, Q4_K_M or the first."""
-    if ref.quant is not None:
+    """The file of ``ref.quant`` (None when absent); without a quant, Q4_K_M or the first.
+
+    A tag that ends in .gguf names the file itself (``org/repo:model-Q4_K_M.gguf``).
+    """
+    if ref.quant is not None and ref.quant.lower().endswith(".gguf"):
+        matches = [f for f in files if f.rsplit("/", 1)[-1] == ref.quant]
+    elif ref.quant is not None:
         matches = [f for f in files if _has_quant(f, ref.quant)]
     else:
         matches = [f for f in files if _has_quant(f, _DEFAULT_QUANT)] or files
@@ -304,8 +310,9 @@ def _pick_gguf(ref: HubName, files: list[str]) -> str | None:
 
 def _no_quant(ref: HubName, files: list[str], where: str) -> str:
     quants = sorted({_quant_of(f) for f in files if not _SPLIT.search(f) or "00001-of" in f})
+    what = "named" if ref.quant.lower().endswith(".gguf") else "of quant"
     return (
-        f"no GGUF file of quant {ref.quant!r} in {ref.repo} {where} "
+        f"no GGUF file {what} {ref.quant!r} in {ref.repo} {where} "
         f"(revision {ref.revision or 'main'}); available: {', '.join(quants)}"
     )
 
