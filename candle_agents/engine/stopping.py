@@ -83,10 +83,13 @@ def _follow_reasoning(seq: Sequence) -> None:
         seq.reasoning_tokens += 1
         if text.find(control.end, seq.reasoning_from) >= 0:
             seq.reasoning_state = "done"
-        elif (
-            control.budget is not None and seq.reasoning_tokens >= control.budget and not seq.forced
-        ):
-            seq.forced = list(control.close_ids)  # the budget is spent: close it
+        else:
+            # Searched up to here: next time only where the marker could still end, so
+            # a long block is scanned once rather than once per token.
+            seq.reasoning_from = max(seq.reasoning_from, len(text) - len(control.end) + 1)
+            spent = control.budget is not None and seq.reasoning_tokens >= control.budget
+            if spent and not seq.forced:
+                seq.forced = list(control.close_ids)  # the budget is spent: close it
     if seq.reasoning_state == "done" and not seq.forced and seq.deferred_matcher is not None:
         # Forced tokens were never offered to the grammar; from here on it constrains.
         seq.matcher, seq.deferred_matcher = seq.deferred_matcher, None
