@@ -79,10 +79,10 @@ class Intake:
             # the caller's thread and nothing is queued.
             seq.matcher = self.grammars.get().compile(params.grammar)
         if params.reasoning is not None:
-            self._follow_reasoning(seq, params)
+            self._start_reasoning(seq, params)
         return seq
 
-    def _follow_reasoning(self, seq: Sequence, params: GenerationParams) -> None:
+    def _start_reasoning(self, seq: Sequence, params: GenerationParams) -> None:
         control = params.reasoning
         bad = [t for t in (*control.open_ids, *control.close_ids) if not 0 <= t < self.vocab_size]
         if bad:
