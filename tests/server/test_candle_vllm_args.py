@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
-import time
 
 import httpx
 import pytest
@@ -21,7 +16,8 @@ from candle_agents.candle_vllm_args import (
 from candle_agents.cli import build_parser, main
 from candle_agents.engine_args import engine_options
 from candle_agents.errors import ConfigError
-from tests.server.test_server_cli import _free_port
+from tests.support.mcp_servers import free_port
+from tests.support.serve_process import serve_process
 
 
 def serve_args(*argv: str):
@@ -443,34 +439,9 @@ def test_help_shows_the_group(capsys):
 
 
 def test_serve_runs_with_candle_vllms_flags():
-    port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CANDLE_AGENTS_API_KEY", None)
+    port = free_port()
     argv = ["--p", str(port), "--h", "127.0.0.1", "--mem", "64", "--max-model-len", "128"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "candle_agents.cli", "serve", *argv],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not any("serving" in line for line in lines):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "serve did not announce itself"
-            time.sleep(0.1)
+    with serve_process(*argv) as (proc, lines):
         assert f"http://127.0.0.1:{port}" in next(line for line in lines if "serving" in line)
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    reader.join(timeout=5)
     assert proc.returncode == 0, proc.stderr.read()

@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
 
 import httpx
 import openai
@@ -17,50 +10,16 @@ import pytest
 
 from candle_agents.cli import build_parser
 from candle_agents.engine_args import parse_memory
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.mcp_servers import free_port
+from tests.support.serve_process import serve_process
 
 
 def test_serve_answers_with_the_key_and_stops_cleanly():
-    port = _free_port()
+    port = free_port()
     key = "sk-cli-test"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("CANDLE_AGENTS_API_KEY", None)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "candle_agents.cli",
-            "serve",
-            "--port",
-            str(port),
-            "--api-key",
-            key,
-            "--kv-cache-memory",
-            "8MiB",
-            "--max-model-len",
-            "128",
-            "--served-model-name",
-            "smol",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not any("serving" in line for line in lines):
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "serve did not announce itself"
-            time.sleep(0.1)
+    args = ["--port", str(port), "--api-key", key, "--kv-cache-memory", "8MiB"]
+    args += ["--max-model-len", "128", "--served-model-name", "smol"]
+    with serve_process(*args) as (proc, lines):
         ready = next(line for line in lines if "serving" in line)
         assert f"http://127.0.0.1:{port}" in ready
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
@@ -72,14 +31,6 @@ def test_serve_answers_with_the_key_and_stops_cleanly():
         assert r.choices[0].message.content
         bad = httpx.get(f"http://127.0.0.1:{port}/v1/models")
         assert bad.status_code == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    reader.join(timeout=5)
     stderr = proc.stderr.read()
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
