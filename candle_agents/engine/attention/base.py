@@ -25,6 +25,11 @@ class AttentionMetadata:
     tokens are stored; ``query_lens`` how many of them are new this step.
     ``block_tables[i, j]`` is the cache block holding tokens
     ``[j * block_size, (j + 1) * block_size)`` of sequence ``i`` (padded with 0).
+
+    ``window`` (sliding-window layers): a query at position ``p`` sees the keys
+    at positions ``p - window < j <= p`` only. Blocks wholly before the
+    window may have been freed and their table entries set to 0, so a backend
+    must not let them change the result (the fast ones skip them).
     """
 
     num_decodes: int
@@ -38,6 +43,7 @@ class AttentionMetadata:
     query_start_cpu: list[int]
     max_decode_seq_len: int
     block_size: int
+    window: int | None = None
     # Per-step tensors a backend precomputes once for all layers (see ``prepare``).
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -89,8 +95,11 @@ class AttentionBackend(ABC):
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Causal attention for every query token; returns [tokens, heads, head_dim].
+
+        ``softcap`` (Gemma 2) caps the scaled scores: ``softcap * tanh(s / softcap)``.
 
         ``key``/``value`` are this step's new tokens, already stored in the
         cache; a backend may use them directly where a sequence has no history.

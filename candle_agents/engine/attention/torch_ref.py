@@ -46,7 +46,11 @@ class TorchAttentionBackend(AttentionBackend):
         rows = (blocks[:, None, :] * num_kv_heads + heads[None, :, None]) * bs + (pos % bs)
         meta.extra["decode_rows"] = rows.reshape(-1)
         meta.extra["decode_shape"] = (nd, num_kv_heads, length, head_dim)
-        meta.extra["decode_valid"] = (pos[None, :] < meta.seq_lens[:nd, None])[:, None, None]
+        lens = meta.seq_lens[:nd, None]
+        valid = pos[None, :] < lens
+        if meta.window is not None:
+            valid &= pos[None, :] >= lens - meta.window
+        meta.extra["decode_valid"] = valid[:, None, None]
 
     def store_kv(self, key, value, k_cache, v_cache, meta: AttentionMetadata) -> None:
         rows = meta.extra["store_rows"]
@@ -54,11 +58,13 @@ class TorchAttentionBackend(AttentionBackend):
         k_cache.view(-1, d).index_copy_(0, rows, key.reshape(-1, d).to(k_cache.dtype))
         v_cache.view(-1, d).index_copy_(0, rows, value.reshape(-1, d).to(v_cache.dtype))
 
-    def attend(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+    def attend(
+        self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale, softcap=None
+    ):
         out = torch.empty_like(query)
         nd = meta.num_decode_tokens
         if nd:
-            out[:nd] = self._decode(query[:nd], k_cache, v_cache, meta, scale)
+            out[:nd] = self._decode(query[:nd], k_cache, v_cache, meta, scale, softcap)
         for i in range(meta.num_decodes, len(meta.seq_lens_cpu)):
             start = meta.query_start_cpu[i]
             qlen = meta.query_lens_cpu[i]
@@ -69,11 +75,11 @@ class TorchAttentionBackend(AttentionBackend):
                 k, v = k.transpose(0, 1), v.transpose(0, 1)
             else:
                 k, v = _gather_one(k_cache, v_cache, meta.block_tables[i], seq_len)
-            out[start : start + qlen] = _prefill(q, k, v, seq_len, scale)
+            out[start : start + qlen] = _prefill(q, k, v, seq_len, scale, meta.window, softcap)
         return out
 
-    def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float):
-        return _paged_decode(q, k_cache, v_cache, meta, scale)
+    def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, softcap):
+        return _paged_decode(q, k_cache, v_cache, meta, scale, softcap)
 
 
 def _gather_one(k_cache, v_cache, block_table, seq_len: int):
@@ -85,29 +91,61 @@ def _gather_one(k_cache, v_cache, block_table, seq_len: int):
     return k, v
 
 
-def _prefill(q, k, v, seq_len: int, scale: float) -> torch.Tensor:
+def _prefill(
+    q, k, v, seq_len: int, scale: float, window: int | None = None, softcap: float | None = None
+) -> torch.Tensor:
     """SDPA for one sequence's chunk: queries are its last ``len(q)`` positions.
 
     ``k``/``v`` are [kv_heads, seq_len, head_dim]. The inputs get a batch axis
     because on CPU only 4-D inputs reach the flash kernel (3-D ones fall back
-    to the unfused math path, 2-3x slower with GQA).
+    to the unfused math path, 2-3x slower with GQA). Keys before the chunk's
+    first window are cut off before SDPA sees them.
     """
     qlen = q.shape[0]
+    first = 0 if window is None else max(0, seq_len - qlen - window + 1)
+    if first:
+        k, v = k[:, first:], v[:, first:]
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
     qt, k, v = q.transpose(0, 1)[None], k[None], v[None]
     gqa = qt.shape[1] != k.shape[1]
-    if seq_len == qlen:
+    if softcap is not None:
+        mask = _chunk_mask(seq_len, qlen, first, window, q.device)
+        o = _softcapped(qt, k, v, mask, scale, softcap)
+    elif seq_len == qlen and window is None:
         o = F.scaled_dot_product_attention(qt, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
     else:
-        # Query i sits at position seq_len - qlen + i and sees keys up to it.
-        qpos = torch.arange(seq_len - qlen, seq_len, device=q.device)[:, None]
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= qpos
+        mask = _chunk_mask(seq_len, qlen, first, window, q.device)
         o = F.scaled_dot_product_attention(qt, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return o[0].transpose(0, 1)
 
 
-def _paged_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+def _chunk_mask(seq_len: int, qlen: int, first: int, window: int | None, device) -> torch.Tensor:
+    """[qlen, seq_len - first] bool: query i (position seq_len - qlen + i) sees key first + j."""
+    qpos = torch.arange(seq_len - qlen, seq_len, device=device)[:, None]
+    kpos = torch.arange(first, seq_len, device=device)[None, :]
+    mask = kpos <= qpos
+    if window is not None:
+        mask &= kpos > qpos - window
+    return mask
+
+
+def _softcapped(qt, k, v, mask, scale: float, softcap: float) -> torch.Tensor:
+    """Attention with capped scores (SDPA cannot cap): [1, H, q, D] -> [1, H, q, D]."""
+    heads, kv_heads = qt.shape[1], k.shape[1]
+    if heads != kv_heads:
+        k = k.repeat_interleave(heads // kv_heads, dim=1)
+        v = v.repeat_interleave(heads // kv_heads, dim=1)
+    scores = torch.matmul(qt, k.transpose(-1, -2)).float() * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    scores.masked_fill_(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v)
+
+
+def _paged_decode(
+    q, k_cache, v_cache, meta: AttentionMetadata, scale: float, softcap: float | None = None
+) -> torch.Tensor:
     """One query per sequence over its paged history: [B, H, D] -> [B, H, D]."""
     b, num_heads, head_dim = q.shape
     shape = meta.extra["decode_shape"]
@@ -118,6 +156,8 @@ def _paged_decode(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) ->
         k, v = k.to(q.dtype), v.to(q.dtype)
     qg = q.view(b, shape[1], num_heads // shape[1], head_dim)
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale  # [B, Hkv, G, L]
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     scores.masked_fill_(~meta.extra["decode_valid"], float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).reshape(b, num_heads, head_dim)

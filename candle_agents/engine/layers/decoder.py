@@ -20,7 +20,14 @@ from candle_agents.engine.layers.rotary import RotaryEmbedding
 
 @dataclass
 class ForwardContext:
-    """What every layer needs for one step besides its input."""
+    """What every layer needs for one step besides its input.
+
+    Models with sliding-window layers keep those layers' KV in their own
+    block pool: ``layer_metas[i]`` is then layer ``i``'s metadata (block
+    tables and slots of its pool, and its window); otherwise every layer
+    reads ``meta``. ``local_rotary`` is the rope table of local layers where
+    it differs from the global one (Gemma).
+    """
 
     meta: AttentionMetadata
     backend: AttentionBackend
@@ -28,6 +35,11 @@ class ForwardContext:
     positions: torch.Tensor
     rotary: RotaryEmbedding
     ops: TorchOps
+    layer_metas: list[AttentionMetadata] | None = None
+    local_rotary: RotaryEmbedding | None = None
+
+    def meta_for(self, layer_idx: int) -> AttentionMetadata:
+        return self.meta if self.layer_metas is None else self.layer_metas[layer_idx]
 
 
 @dataclass
@@ -42,6 +54,9 @@ class DecoderSpec:
     qk_norm: bool = False
     # Per layer: whether it applies the rotary embedding (None: every layer does).
     rope_layers: tuple[bool, ...] | None = None
+    # Per layer: its sliding window in tokens, None for global attention
+    # (None for the whole tuple: no layer has a window).
+    layer_windows: tuple[int | None, ...] | None = None
 
 
 class Attention(nn.Module):
@@ -75,8 +90,9 @@ class Attention(nn.Module):
         if self.use_rope:
             q, k = ctx.ops.rotary(q, k, ctx.rotary.cos, ctx.rotary.sin, ctx.positions)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        ctx.backend.store_kv(k, v, k_cache, v_cache, ctx.meta)
-        out = ctx.backend.attend(q, k, v, k_cache, v_cache, ctx.meta, self.scale)
+        meta = ctx.meta_for(self.layer_idx)
+        ctx.backend.store_kv(k, v, k_cache, v_cache, meta)
+        out = ctx.backend.attend(q, k, v, k_cache, v_cache, meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
