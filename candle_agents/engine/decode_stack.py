@@ -136,8 +136,10 @@ class DecodeStack:
     ) -> None:
         spec = model.spec
         layers = list(model.layers)
-        if not layers or not all(isinstance(layer, DecoderLayer) for layer in layers):
+        if not layers or not all(type(layer) is DecoderLayer for layer in layers):
             raise Unsupported("the model is not made of DecoderLayers")
+        if spec.layer_windows is not None:
+            raise Unsupported("sliding-window layers")
         k0 = kv_caches[0][0]
         if k0.dtype not in cpu_kernels.CACHE_TYPES:
             raise Unsupported(f"KV cache dtype {k0.dtype}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 
@@ -122,12 +123,8 @@ class ModelRunner:
     def _max_model_len(self) -> int:
         c = self.model_config
         limit = int(c.get("max_position_embeddings") or 2048)
-        window = c.get("sliding_window") if c.get("use_sliding_window", True) else None
-        if window:
-            # Without sliding-window attention, stay inside the window so results are exact.
-            limit = min(limit, int(window))
         if self.config.max_model_len is not None:
-            limit = min(limit, self.config.max_model_len) if window else self.config.max_model_len
+            limit = self.config.max_model_len
         return limit
 
     def _allocate_kv_cache(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -209,6 +206,18 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _layer_metas(self, meta: AttentionMetadata) -> list[AttentionMetadata] | None:
+        windows = self.model.spec.layer_windows
+        if windows is None:
+            return None
+        spec = self.model.spec
+        by_window = {None: meta}
+        for w in set(windows) - {None}:
+            m = dataclasses.replace(meta, window=w, extra={})
+            self.backend.prepare(m, spec.num_kv_heads, spec.head_dim)
+            by_window[w] = m
+        return [by_window[w] for w in windows]
+
     # -- one step ------------------------------------------------------------------
 
     def zero_blocks(self, blocks: list[int]) -> None:
@@ -288,7 +297,14 @@ class ModelRunner:
         spec = self.model.spec
         self.backend.prepare(meta, spec.num_kv_heads, spec.head_dim)
         ctx = ForwardContext(
-            meta, self.backend, self.kv_caches, pos_t, self.model.rotary, self.backend.ops
+            meta,
+            self.backend,
+            self.kv_caches,
+            pos_t,
+            self.model.rotary,
+            self.backend.ops,
+            layer_metas=self._layer_metas(meta),
+            local_rotary=getattr(self.model, "local_rotary", None),
         )
         logits = self.model(ids_t, ctx, rows_t)
         return logits, sampling

@@ -56,7 +56,11 @@ class TritonAttentionBackend(AttentionBackend):
     def store_kv(self, key, value, k_cache, v_cache, meta: AttentionMetadata) -> None:
         self.kernels.store_kv(key, value, k_cache, v_cache, meta.slot_mapping)
 
-    def attend(self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale: float):
+    def attend(
+        self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale, softcap=None
+    ):
+        if meta.window is not None or softcap is not None:
+            raise NotImplementedError("TODO(kernels): windows and softcaps in the triton kernels")
         out = torch.empty_like(query)
         nd = meta.num_decode_tokens
         if nd:

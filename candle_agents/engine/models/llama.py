@@ -24,6 +24,25 @@ _FUSED = {
 }
 
 
+def layer_windows(c: dict[str, Any]) -> tuple[int | None, ...] | None:
+    """Each layer's sliding window from an HF config (None: no layer has one).
+
+    ``layer_types`` names the local layers where the config has it; otherwise
+    a ``sliding_window`` applies to every layer unless ``use_sliding_window``
+    turns it off (Qwen2's and SmolLM3's configs carry one that is off).
+    """
+    window = c.get("sliding_window")
+    if not window or not c.get("use_sliding_window", True):
+        return None
+    layers = int(c["num_hidden_layers"])
+    types = c.get("layer_types")
+    if types:
+        windows = tuple(int(window) if t == "sliding_attention" else None for t in types)
+    else:
+        windows = (int(window),) * layers
+    return windows if any(w is not None for w in windows) else None
+
+
 class LlamaForCausalLM(nn.Module):
     """A decoder-only transformer over a flattened batch of tokens.
 
@@ -67,6 +86,7 @@ class LlamaForCausalLM(nn.Module):
             head_dim=int(c.get("head_dim") or c["hidden_size"] // heads),
             rms_norm_eps=float(c.get("rms_norm_eps", 1e-6)),
             attention_bias=bool(c.get("attention_bias", False)),
+            layer_windows=layer_windows(c),
         )
 
     def init_rotary(self, max_positions: int, device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""Mistral: the Llama block; its sliding window is handled by capping max_model_len."""
+"""Mistral: the Llama block, with a sliding window on every layer where the config sets one."""
 
 from __future__ import annotations
 
