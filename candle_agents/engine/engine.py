@@ -63,7 +63,10 @@ class Engine:
                 field="max_num_batched_tokens",
             )
         self.block_manager = BlockManager(
-            self.runner.num_blocks, config.block_size, config.enable_prefix_caching
+            self.runner.group_blocks,
+            config.block_size,
+            config.enable_prefix_caching,
+            windows=self.runner.group_windows,
         )
         self.scheduler = Scheduler(
             self.block_manager,

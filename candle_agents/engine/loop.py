@@ -123,7 +123,7 @@ class EngineLoop:
         """Schedule one batch, run it, sample and deliver its tokens."""
         t0 = time.perf_counter()
         batch = self.scheduler.schedule()
-        if batch.fresh_blocks:
+        if any(batch.fresh_blocks):
             self.runner.zero_blocks(batch.fresh_blocks)
         if batch.empty:
             return

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import sys
 
@@ -13,6 +12,13 @@ from candle_agents.engine.attention import AttentionMetadata, get_backend
 from candle_agents.engine.config import EngineConfig
 from candle_agents.engine.cuda_graph import CudaGraph, DecodeGraphs
 from candle_agents.engine.decode_stack import DecodeStack
+from candle_agents.engine.kv_cache import (
+    allocate_groups,
+    group_layers,
+    kv_bytes,
+    longest_fitting,
+    size_groups,
+)
 from candle_agents.engine.layers.decoder import ForwardContext
 from candle_agents.engine.layers.linear import pack_linears
 from candle_agents.engine.loader import Checkpoint
@@ -43,9 +49,7 @@ class ModelRunner:
             kv_dtype=self.kv_dtype,
         )
         self.max_model_len = self._max_model_len()
-        self.num_blocks, self.kv_caches = self._allocate_kv_cache()
-        # Any single sequence must fit in the cache alone, or it could never finish.
-        self.max_model_len = min(self.max_model_len, self.num_blocks * self.block_size)
+        self.kv_caches = self._allocate_kv_cache()
         self.model.init_rotary(self.max_model_len + 1, self.device)
         # Decode-only steps on the CPU backend: all layers in one C call.
         self.decode_stack: DecodeStack | None = None
@@ -56,7 +60,7 @@ class ModelRunner:
             if self.device.type == "cuda" and self.backend.name == "triton":
                 try:
                     self.enable_decode_graphs()
-                except RuntimeError as exc:  # torch.OutOfMemoryError among them
+                except (RuntimeError, ConfigError) as exc:  # torch.OutOfMemoryError among them
                     # Eager decoding is slower, never wrong: serve rather than fail.
                     logger.warning("CUDA graph capture failed, decoding eagerly: %s", exc)
             else:
@@ -127,16 +131,11 @@ class ModelRunner:
             limit = self.config.max_model_len
         return limit
 
-    def _allocate_kv_cache(self) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]]]:
+    def _allocate_kv_cache(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         spec = self.model.spec
-        layers = self.model.num_layers
-        per_block = (
-            2
-            * layers
-            * self.block_size
-            * spec.num_kv_heads
-            * spec.head_dim
-            * self.kv_dtype.itemsize
+        self.kv_groups = group_layers(spec.layer_windows, self.model.num_layers)
+        per_layer_block = (
+            2 * self.block_size * spec.num_kv_heads * spec.head_dim * self.kv_dtype.itemsize
         )
         mem = self.config.kv_cache_memory
         free = available_memory(self.device)
@@ -146,36 +145,46 @@ class ModelRunner:
             budget = int(mem * free)
         else:
             budget = mem
-        # More than every sequence at full length could use is wasted memory.
-        cap = -(-self.max_model_len // self.block_size) * self.config.max_num_seqs * 2
-        num_blocks = min(budget // per_block, cap)
-        if num_blocks < 2:
-            raise ModelLoadError(
-                f"kv_cache_memory={mem!r} leaves room for {num_blocks} KV block(s) of "
-                f"{per_block} bytes; give it at least {2 * per_block} bytes"
-            )
-        shape = self.backend.kv_cache_shape(
-            num_blocks, self.block_size, spec.num_kv_heads, spec.head_dim
-        )
-        # One uninitialised buffer: touching gigabytes up front costs seconds of
-        # page faults; blocks are zeroed on first use instead (zero_blocks), and
-        # block 0, which pads block tables, now.
-        self.kv_buffer = torch.empty((2, layers, *shape), dtype=self.kv_dtype, device=self.device)
-        self.kv_buffer[:, :, 0].zero_()
-        caches = [(self.kv_buffer[0, i], self.kv_buffer[1, i]) for i in range(layers)]
-        logger.info(
-            "KV cache: %d blocks of %d tokens (%.1f MiB)",
-            num_blocks,
+        c = self.config
+        step = min(c.prefill_chunk_size, c.max_num_batched_tokens)
+        if not c.enable_chunked_prefill:
+            step = self.max_model_len
+        size_groups(
+            self.kv_groups,
+            budget,
+            per_layer_block,
             self.block_size,
-            num_blocks * per_block / 2**20,
+            self.max_model_len,
+            c.max_num_seqs,
+            step,
         )
-        return num_blocks, caches
+        shape = self.backend.kv_cache_shape(1, self.block_size, spec.num_kv_heads, spec.head_dim)
+        caches = allocate_groups(self.kv_groups, shape, self.kv_dtype, self.device)
+        for g in self.kv_groups:
+            logger.info(
+                "KV cache for %d %s layer(s): %d blocks of %d tokens (%.1f MiB)",
+                len(g.layers),
+                "global" if g.window is None else f"window-{g.window}",
+                g.num_blocks,
+                self.block_size,
+                g.num_blocks * len(g.layers) * per_layer_block / 2**20,
+            )
+        self.kv_bytes = kv_bytes(self.kv_groups, per_layer_block)
+        self.max_model_len = longest_fitting(
+            self.kv_groups, self.block_size, self.max_model_len, step
+        )
+        return caches
 
     def enable_decode_graphs(self, graph_cls=CudaGraph) -> None:
         """Capture decode steps per batch-size bucket; later decode-only steps replay them.
 
         ``graph_cls`` is for tests (a stand-in graph that re-runs the step on CPU).
         """
+        if len(self.kv_groups) > 1 or self.kv_groups[0].window is not None:
+            raise ConfigError(
+                "CUDA graphs do not cover sliding-window layers yet; decoding runs eagerly",
+                field="enable_cuda_graph",
+            )
         if self.backend.name != "triton":
             raise ConfigError(
                 "CUDA graphs need the triton attention backend, whose decode kernels "
@@ -202,27 +211,50 @@ class ModelRunner:
         self.graphs = None
         self.decode_stack = None  # it points into the cache
         self.kv_caches = []
-        self.kv_buffer = None
+        self.kv_groups = []
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _layer_metas(self, meta: AttentionMetadata) -> list[AttentionMetadata] | None:
-        windows = self.model.spec.layer_windows
-        if windows is None:
-            return None
-        spec = self.model.spec
-        by_window = {None: meta}
-        for w in set(windows) - {None}:
-            m = dataclasses.replace(meta, window=w, extra={})
-            self.backend.prepare(m, spec.num_kv_heads, spec.head_dim)
-            by_window[w] = m
-        return [by_window[w] for w in windows]
+    def _layer_metas(self, metas: list[AttentionMetadata]) -> list[AttentionMetadata] | None:
+        if len(metas) == 1:
+            return None  # every layer reads ctx.meta
+        per_layer: dict[int, AttentionMetadata] = {}
+        for group, meta in zip(self.kv_groups, metas):
+            per_layer.update(dict.fromkeys(group.layers, meta))
+        return [per_layer[i] for i in range(len(per_layer))]
+
+    def _tables_and_slots(
+        self, batch: ScheduledBatch, group: int, seq_idx: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One group's block tables (dropped blocks read as block 0) and this step's slots."""
+        bs = self.block_size
+        width = max(len(s.block_tables[group]) for s in batch.seqs)
+        tables = np.zeros((len(batch.seqs), width), dtype=np.int64)  # padded with block 0
+        for i, s in enumerate(batch.seqs):
+            table = s.block_tables[group]
+            tables[i, : len(table)] = table
+        if self.kv_groups[group].window is not None:
+            np.maximum(tables, 0, out=tables)  # DROPPED (-1): out of every window
+        tables_t = torch.from_numpy(tables)
+        slots = tables_t[seq_idx, positions // bs] * bs + positions % bs
+        return tables_t, slots
 
     # -- one step ------------------------------------------------------------------
 
-    def zero_blocks(self, blocks: list[int]) -> None:
-        ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
-        self.kv_buffer.index_fill_(2, ids, 0)
+    @property
+    def group_blocks(self) -> list[int]:
+        return [g.num_blocks for g in self.kv_groups]
+
+    @property
+    def group_windows(self) -> list[int | None]:
+        return [g.window for g in self.kv_groups]
+
+    def zero_blocks(self, fresh: list[list[int]]) -> None:
+        """Zero each group's newly used blocks (one list per group)."""
+        for group, blocks in zip(self.kv_groups, fresh):
+            if blocks:
+                ids = torch.tensor(blocks, dtype=torch.long, device=self.device)
+                group.buffer.index_fill_(2, ids, 0)
 
     @torch.inference_mode()
     def execute(self, batch: ScheduledBatch) -> tuple[torch.Tensor, list[int]]:
@@ -256,54 +288,55 @@ class ModelRunner:
             if end == seq.num_tokens:
                 logits_rows.append(query_start[-1] - 1)
                 sampling.append(i)
-        width = max(len(s.block_table) for s in batch.seqs)
-        tables = np.zeros((len(batch.seqs), width), dtype=np.int64)  # padded with block 0
-        for i, s in enumerate(batch.seqs):
-            tables[i, : len(s.block_table)] = s.block_table
-
         dev = self.device
         ids_t = torch.tensor(input_ids, dtype=torch.long)
         pos_t = torch.tensor(positions, dtype=torch.long)
-        tables_t = torch.from_numpy(tables)
         seq_idx_t = torch.tensor(seq_idx, dtype=torch.long)
-        slots = tables_t[seq_idx_t, pos_t // bs] * bs + pos_t % bs
+        groups = range(len(self.kv_groups))
+        tables_t, slots = zip(*(self._tables_and_slots(batch, g, seq_idx_t, pos_t) for g in groups))
         seq_lens_t = torch.tensor(seq_lens, dtype=torch.long)
         rows_t = torch.tensor(logits_rows, dtype=torch.long)
         if dev.type != "cpu":
-            ids_t, pos_t, tables_t, slots, seq_lens_t, rows_t = (
-                t.to(dev, non_blocking=True)
-                for t in (ids_t, pos_t, tables_t, slots, seq_lens_t, rows_t)
+            ids_t, pos_t, seq_lens_t, rows_t = (
+                t.to(dev, non_blocking=True) for t in (ids_t, pos_t, seq_lens_t, rows_t)
             )
+            tables_t = [t.to(dev, non_blocking=True) for t in tables_t]
+            slots = [t.to(dev, non_blocking=True) for t in slots]
         nd = batch.num_decodes
         if self.graphs is not None and nd == len(batch.seqs) and nd <= self.graphs.max_batch:
-            x, residual = self.graphs.run(ids_t, pos_t, slots, seq_lens_t, tables_t)
+            x, residual = self.graphs.run(ids_t, pos_t, slots[0], seq_lens_t, tables_t[0])
             return self.model.logits(x, residual, rows_t, self.backend.ops), sampling
         stack = self.decode_stack
         if stack is not None and nd == len(batch.seqs) and nd <= stack.max_rows:
-            x, residual = stack.run(ids_t, pos_t, slots, tables_t, seq_lens_t)
+            x, residual = stack.run(ids_t, pos_t, slots[0], tables_t[0], seq_lens_t)
             return self.model.logits(x, residual, rows_t, self.backend.ops), sampling
-        meta = AttentionMetadata(
-            num_decodes=nd,
-            num_decode_tokens=nd,
-            slot_mapping=slots,
-            seq_lens=seq_lens_t,
-            block_tables=tables_t,
-            seq_lens_cpu=seq_lens,
-            query_lens_cpu=batch.num_new_tokens,
-            query_start_cpu=query_start,
-            max_decode_seq_len=max(seq_lens[:nd], default=0),
-            block_size=bs,
-        )
+        metas = [
+            AttentionMetadata(
+                num_decodes=nd,
+                num_decode_tokens=nd,
+                slot_mapping=slots[g],
+                seq_lens=seq_lens_t,
+                block_tables=tables_t[g],
+                seq_lens_cpu=seq_lens,
+                query_lens_cpu=batch.num_new_tokens,
+                query_start_cpu=query_start,
+                max_decode_seq_len=max(seq_lens[:nd], default=0),
+                block_size=bs,
+                window=group.window,
+            )
+            for g, group in enumerate(self.kv_groups)
+        ]
         spec = self.model.spec
-        self.backend.prepare(meta, spec.num_kv_heads, spec.head_dim)
+        for meta in metas:
+            self.backend.prepare(meta, spec.num_kv_heads, spec.head_dim)
         ctx = ForwardContext(
-            meta,
+            metas[0],
             self.backend,
             self.kv_caches,
             pos_t,
             self.model.rotary,
             self.backend.ops,
-            layer_metas=self._layer_metas(meta),
+            layer_metas=self._layer_metas(metas),
             local_rotary=getattr(self.model, "local_rotary", None),
         )
         logits = self.model(ids_t, ctx, rows_t)

@@ -8,7 +8,8 @@ flowing beside it. When blocks run out, the most recently arrived running
 sequence is preempted by recompute: its blocks are freed and it goes back to
 the front of the waiting queue, outputs kept. After the forward pass,
 ``postprocess`` advances each scheduled sequence past what it computed and
-offers its now-full blocks to the prefix cache.
+offers its now-full blocks to the prefix cache; sliding-window groups free
+the blocks that fell out of the window.
 """
 
 from __future__ import annotations
@@ -25,15 +26,15 @@ from candle_agents.engine.sequence import Sequence, Status
 class ScheduledBatch:
     """Sequences and how many new tokens each computes this step (decodes first).
 
-    ``fresh_blocks`` were newly taken from the free pool this step: the runner
-    zeroes them before the forward pass writes into them.
+    ``fresh_blocks`` (one list per KV group) were newly taken from the free
+    pools this step: the runner zeroes them before the forward pass writes into them.
     """
 
     seqs: list[Sequence] = field(default_factory=list)
     num_new_tokens: list[int] = field(default_factory=list)
     num_decodes: int = 0
     preempted: list[Sequence] = field(default_factory=list)
-    fresh_blocks: list[int] = field(default_factory=list)
+    fresh_blocks: list[list[int]] = field(default_factory=list)
 
     @property
     def empty(self) -> bool:
@@ -90,7 +91,7 @@ class Scheduler:
             self.waiting and budget > 0 and not preempted and len(self.running) < self.max_num_seqs
         ):
             seq = self.waiting[0]
-            if not seq.block_table and seq.num_computed_tokens == 0:
+            if not seq.block_tables and seq.num_computed_tokens == 0:
                 hit = self.blocks.match_prefix(seq)
                 seq.num_computed_tokens = hit
                 if seq.cached_tokens is None:
@@ -123,6 +124,7 @@ class Scheduler:
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             seq.num_computed_tokens += n
             self.blocks.register_computed(seq)
+            self.blocks.slide_windows(seq, n)
 
     def _chunk_len(self, seq: Sequence, budget: int) -> int:
         n = min(seq.num_tokens - seq.num_computed_tokens, budget)

@@ -29,9 +29,9 @@ class Sequence:
 
     ``num_computed_tokens`` counts tokens whose KV is in the cache. Each step
     brings it closer to ``num_tokens``; when it reaches it, a token is sampled.
-    Preemption resets it to 0 and frees ``block_table``; outputs are kept, so
-    the request resumes where it was (and ``matcher``, which has consumed
-    exactly the outputs, stays valid).
+    Preemption resets it to 0 and frees ``block_tables`` (one per KV group,
+    see ``block_manager``); outputs are kept, so the request resumes where it
+    was (and ``matcher``, which has consumed exactly the outputs, stays valid).
     """
 
     request_id: str
@@ -43,7 +43,8 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     status: Status = Status.WAITING
     num_computed_tokens: int = 0
-    block_table: list[int] = field(default_factory=list)
+    # One block table per KV group (see block_manager); empty while it holds no blocks.
+    block_tables: list[list[int]] = field(default_factory=list)
     num_hashed_blocks: int = 0
     block_hashes: list[int] = field(default_factory=list)
     cached_tokens: int | None = None  # prefix-cache hit of the first scheduling
@@ -62,6 +63,11 @@ class Sequence:
     reasoning_from: int = 0  # where in the decoded text the end marker is looked for
     forced: list[int] = field(default_factory=list)
     deferred_matcher: LLMatcher | None = None
+
+    @property
+    def block_table(self) -> list[int]:
+        """The first group's block table (the only group of most models)."""
+        return self.block_tables[0] if self.block_tables else []
 
     @property
     def num_prompt_tokens(self) -> int:
