@@ -40,16 +40,23 @@ class TorchAttentionBackend(AttentionBackend):
         bs, nd = meta.block_size, meta.num_decodes
         dev = meta.slot_mapping.device
         heads = torch.arange(num_kv_heads, device=dev)
-        length = -(-meta.max_decode_seq_len // bs) * bs
-        pos = torch.arange(length, device=dev)
-        blocks = meta.block_tables[:nd, pos // bs]  # [nd, L]
-        rows = (blocks[:, None, :] * num_kv_heads + heads[None, :, None]) * bs + (pos % bs)
+        lens = meta.seq_lens[:nd, None]
+        if meta.window is None:
+            length = -(-meta.max_decode_seq_len // bs) * bs
+            pos = torch.arange(length, device=dev)[None, :].expand(nd, length)
+            valid = pos < lens
+        else:
+            # Only the window: each sequence's last ``window`` positions, so the
+            # gather costs O(window) however long the context.
+            length = min(meta.window, meta.max_decode_seq_len)
+            first = (lens - meta.window).clamp(min=0)
+            j = torch.arange(length, device=dev)[None, :]
+            valid = j < lens - first
+            pos = torch.minimum(first + j, lens - 1)  # rows past the end only pad
+        blocks = meta.block_tables[:nd].gather(1, pos // bs)  # [nd, L]
+        rows = (blocks[:, None, :] * num_kv_heads + heads[None, :, None]) * bs + (pos % bs)[:, None]
         meta.extra["decode_rows"] = rows.reshape(-1)
         meta.extra["decode_shape"] = (nd, num_kv_heads, length, head_dim)
-        lens = meta.seq_lens[:nd, None]
-        valid = pos[None, :] < lens
-        if meta.window is not None:
-            valid &= pos[None, :] >= lens - meta.window
         meta.extra["decode_valid"] = valid[:, None, None]
 
     def store_kv(self, key, value, k_cache, v_cache, meta: AttentionMetadata) -> None:
@@ -73,38 +80,58 @@ class TorchAttentionBackend(AttentionBackend):
             if seq_len == qlen:
                 k, v = key[start : start + qlen], value[start : start + qlen]
                 k, v = k.transpose(0, 1), v.transpose(0, 1)
+                first = 0
             else:
-                k, v = _gather_one(k_cache, v_cache, meta.block_tables[i], seq_len)
-            out[start : start + qlen] = _prefill(q, k, v, seq_len, scale, meta.window, softcap)
+                # Blocks wholly before the chunk's first window are never read.
+                first = _first_key(seq_len, qlen, meta.window) // meta.block_size
+                first *= meta.block_size
+                k, v = _gather_one(k_cache, v_cache, meta.block_tables[i], seq_len, first)
+            out[start : start + qlen] = _prefill(
+                q, k, v, seq_len, scale, meta.window, softcap, first
+            )
         return out
 
     def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, softcap):
         return _paged_decode(q, k_cache, v_cache, meta, scale, softcap)
 
 
-def _gather_one(k_cache, v_cache, block_table, seq_len: int):
-    """One sequence's history as [kv_heads, seq_len, head_dim]."""
-    nblocks = -(-seq_len // k_cache.shape[2])
-    blocks = block_table[:nblocks]
-    k = k_cache[blocks].transpose(0, 1).flatten(1, 2)[:, :seq_len]
-    v = v_cache[blocks].transpose(0, 1).flatten(1, 2)[:, :seq_len]
+def _first_key(seq_len: int, qlen: int, window: int | None) -> int:
+    """The first key position any query of a chunk (the last ``qlen`` positions) sees."""
+    return 0 if window is None else max(0, seq_len - qlen - window + 1)
+
+
+def _gather_one(k_cache, v_cache, block_table, seq_len: int, start: int = 0):
+    """Positions ``start`` (a block boundary) to ``seq_len`` of one sequence's history,
+    as [kv_heads, seq_len - start, head_dim]."""
+    bs = k_cache.shape[2]
+    blocks = block_table[start // bs : -(-seq_len // bs)]
+    k = k_cache[blocks].transpose(0, 1).flatten(1, 2)[:, : seq_len - start]
+    v = v_cache[blocks].transpose(0, 1).flatten(1, 2)[:, : seq_len - start]
     return k, v
 
 
 def _prefill(
-    q, k, v, seq_len: int, scale: float, window: int | None = None, softcap: float | None = None
+    q,
+    k,
+    v,
+    seq_len: int,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """SDPA for one sequence's chunk: queries are its last ``len(q)`` positions.
 
-    ``k``/``v`` are [kv_heads, seq_len, head_dim]. The inputs get a batch axis
-    because on CPU only 4-D inputs reach the flash kernel (3-D ones fall back
-    to the unfused math path, 2-3x slower with GQA). Keys before the chunk's
-    first window are cut off before SDPA sees them.
+    ``k``/``v`` are [kv_heads, seq_len - start, head_dim], keys from position
+    ``start``. The inputs get a batch axis because on CPU only 4-D inputs
+    reach the flash kernel (3-D ones fall back to the unfused math path, 2-3x
+    slower with GQA). Keys before the chunk's first window are cut off before
+    SDPA sees them.
     """
     qlen = q.shape[0]
-    first = 0 if window is None else max(0, seq_len - qlen - window + 1)
-    if first:
-        k, v = k[:, first:], v[:, first:]
+    first = _first_key(seq_len, qlen, window)
+    if first > start:
+        k, v = k[:, first - start :], v[:, first - start :]
     if k.dtype != q.dtype:
         k, v = k.to(q.dtype), v.to(q.dtype)
     qt, k, v = q.transpose(0, 1)[None], k[None], v[None]
