@@ -97,6 +97,12 @@ class LlamaForCausalLM(nn.Module):
         scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
         if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
             scaling = None
+        if scaling and c.get("original_max_position_embeddings"):
+            # Phi-3/4 keep it at the top level; it wins there, as in transformers.
+            scaling = {
+                **scaling,
+                "original_max_position_embeddings": c["original_max_position_embeddings"],
+            }
         trained = c.get("max_position_embeddings")
         # Partial rotary (Phi-4-mini): only the first part of each head turns.
         partial = float(c.get("partial_rotary_factor", params.get("partial_rotary_factor", 1.0)))
