@@ -388,7 +388,7 @@ def child_main(spec: dict[str, Any]) -> None:
         "weights": _weights_kind(engine),
         "weight_mib": round(runner.weight_bytes / 2**20, 1),
         "kv_cache_tokens": engine.num_blocks * engine.config.block_size,
-        "kv_cache_dtype": str(getattr(runner, "kv_buffer", torch.empty(0)).dtype).split(".")[-1],
+        "kv_cache_dtype": str(runner.kv_dtype).split(".")[-1],
         "attention_backend": runner.backend.name,
         "cpu_kernels": cpu_kernels.available(),
         "npl": {},

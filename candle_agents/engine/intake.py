@@ -69,7 +69,10 @@ class Intake:
             eos_token_ids=self.eos_token_ids,
             max_total_tokens=min(self.max_model_len, len(ids) + params.max_tokens),
             detokenizer=IncrementalDetokenizer(
-                self.tokenizer.tokenizer, params.stop, params.skip_special_tokens
+                self.tokenizer.tokenizer,
+                params.stop,
+                params.skip_special_tokens,
+                self.tokenizer.byte_token_ids,
             ),
         )
         if params.seed is not None:

@@ -12,6 +12,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
+from candle_agents.engine.detokenizer import byte_token_ids
 from candle_agents.engine.loader.base import TokenizerInfo
 from candle_agents.errors import TokenizationError
 
@@ -76,6 +77,11 @@ class TextTokenizer:
 
     def id_to_token(self, token_id: int) -> str:
         return self.tokenizer.id_to_token(token_id) or ""
+
+    @cached_property
+    def byte_token_ids(self) -> frozenset[int]:
+        """SentencePiece byte-fallback token ids (the detokenizer holds their runs back)."""
+        return byte_token_ids(self.tokenizer)
 
     # -- chat template ------------------------------------------------------------
 

@@ -191,7 +191,7 @@ def test_16_bit_kv_cache(tiny_model_dir, kv_dtype):
         "torch": engine_for(path, attention_backend="torch", kv_cache_dtype=kv_dtype, **options),
     }
     try:
-        assert str(engines["cpu"].runner.kv_buffer.dtype) == f"torch.{kv_dtype}"
+        assert str(engines["cpu"].runner.kv_dtype) == f"torch.{kv_dtype}"
         assert engines["cpu"].num_blocks == 2 * engines["full"].num_blocks  # same bytes
         prompts = make_prompts(8, engines["full"].runner.model.vocab_size, seed=10)
         out = {
