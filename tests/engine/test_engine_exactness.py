@@ -123,7 +123,8 @@ def test_uninitialised_cache_memory_never_leaks_into_outputs(tiny_model_dir):
     path = tiny_model_dir("llama")
     reference = _refs.get("llama") or Reference(path)
     with engine_for(path, block_size=8) as engine:
-        engine.runner.kv_buffer[:, :, 1:] = float("nan")
+        for group in engine.runner.kv_groups:
+            group.buffer[:, :, 1:] = float("nan")
         prompts = make_prompts(
             6, engine.runner.model.vocab_size, seed=8, lengths=[3, 9, 30, 1, 17, 50]
         )
