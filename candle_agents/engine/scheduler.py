@@ -101,7 +101,12 @@ class Scheduler:
                 break
             n = self._chunk_len(seq, budget)
             if not self.blocks.allocate(seq, n):
-                break  # keep its prefix hit: it goes first next step
+                # Give its prefix hit back (the blocks stay cached): held by a
+                # waiting sequence, they could starve the preempted ones that
+                # go back in front of it, and nothing would ever run.
+                self.blocks.release(seq)
+                seq.num_computed_tokens = 0
+                break
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)

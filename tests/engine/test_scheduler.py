@@ -191,3 +191,27 @@ def test_finishing_frees_every_block(prefix_caching):
         assert s.status is Status.FINISHED
     assert not sched.has_work and waiting not in sched.waiting
     assert blocks_in_use(sched) == 0
+
+
+def test_a_small_window_pool_under_pressure_always_makes_progress():
+    # A global pool and a 4-block window pool (window 6), shared prefixes and
+    # constant preemption: a waiting sequence holding a prefix hit it cannot
+    # extend once starved the preempted sequences queued in front of it, and
+    # the engine stepped on empty batches forever.
+    blocks = BlockManager([64, 4], BLOCK, windows=[None, 6])
+    sched = Scheduler(blocks, max_num_seqs=8, max_num_batched_tokens=16, prefill_chunk_size=4)
+    seqs = [make_seq(f"s{i}", 10 + 3 * (i % 4), first=i % 2) for i in range(8)]
+    for seq in seqs:
+        sched.add(seq)
+    for _ in range(2000):
+        if not sched.has_work:
+            break
+        batch = step(sched)
+        assert not batch.empty, "a step scheduled nothing while work was waiting"
+        for seq in list(sched.running):
+            if len(seq.output_token_ids) >= 5:
+                sched.finish(seq)
+        for seq in batch.seqs:
+            assert blocks.held_blocks(seq)[1] <= 3  # window 6 + one 4-token step
+    assert not sched.has_work and sched.num_preemptions > 0
+    assert blocks.num_free_blocks == blocks.num_blocks
