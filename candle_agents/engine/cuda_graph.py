@@ -19,6 +19,7 @@ import torch
 
 from candle_agents.engine.attention import AttentionMetadata
 from candle_agents.engine.layers.decoder import ForwardContext
+from candle_agents.errors import ConfigError
 
 HiddenStates = tuple[torch.Tensor, torch.Tensor]
 
@@ -72,6 +73,15 @@ class DecodeGraphs:
         device: torch.device,
         graph_cls: Callable[[Any], Any] = CudaGraph,
     ) -> None:
+        windows = getattr(model.spec, "layer_windows", None)
+        if windows is not None and any(w is not None for w in windows):
+            # A graph captures one metadata for every layer; sliding-window layers
+            # need their own (window, and their pool's tables and slots).
+            raise ConfigError(
+                "enable_cuda_graph: CUDA graphs do not support models with sliding-window "
+                "layers yet; set enable_cuda_graph=False to decode them eagerly",
+                field="enable_cuda_graph",
+            )
         self.model, self.backend, self.kv_caches = model, backend, kv_caches
         self.max_model_len, self.block_size = max_model_len, block_size
         self.buckets = batch_buckets(max_batch)

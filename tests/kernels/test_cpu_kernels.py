@@ -63,8 +63,9 @@ def random_case(batch, heads, kv_heads, head_dim, block_size, lens, dtype, seed=
         (4, 4, 32, 8, [7, 8, 9, 100]),  # no GQA
         (6, 2, 64, 16, [1]),  # a single token of history
         (10, 2, 64, 16, [50, 3]),  # ratio 5: query heads in chunks of 4 and 1
-        (2, 1, 80, 16, [40]),  # head_dim not a multiple of 16: the portable path
-        (4, 2, 256, 16, [20, 33]),  # head_dim past the vector path's limit
+        (2, 1, 80, 16, [40]),  # head_dim 5 x 16: the vector path with a run-time width
+        (2, 1, 72, 16, [40]),  # head_dim not a multiple of 16: the portable path
+        (4, 2, 256, 16, [20, 33]),  # Gemma's head_dim: one query head a pass
     ],
 )
 def test_decode_kernel_matches_reference(heads, kv_heads, head_dim, block_size, lens):
@@ -74,13 +75,13 @@ def test_decode_kernel_matches_reference(heads, kv_heads, head_dim, block_size, 
     meta = decode_meta(tables, seq_lens, block_size)
     reference = TorchAttentionBackend()
     reference.prepare(meta, kv_heads, head_dim)
-    expected = reference._decode(q, kc, vc, meta, head_dim**-0.5)
+    expected = reference._decode(q, kc, vc, meta, head_dim**-0.5, None)
     got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, head_dim**-0.5)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("head_dim", [64, 80])  # the vector path and the portable one
+@pytest.mark.parametrize("head_dim", [64, 72])  # the vector path and the portable one
 def test_decode_kernel_16_bit_cache(dtype, head_dim):
     lens = [3, 40, 129]
     q, kc, vc, tables, seq_lens = random_case(3, 9, 3, head_dim, 16, lens, dtype)
@@ -90,7 +91,7 @@ def test_decode_kernel_16_bit_cache(dtype, head_dim):
     reference = TorchAttentionBackend()
     reference.prepare(meta, 3, head_dim)
     scale = head_dim**-0.5
-    expected = reference._decode(q.float(), kc.float(), vc.float(), meta, scale)
+    expected = reference._decode(q.float(), kc.float(), vc.float(), meta, scale, None)
     got = cpu_kernels.paged_decode_attention(q, kc, vc, tables, seq_lens, scale)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 

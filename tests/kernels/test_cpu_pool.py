@@ -66,7 +66,7 @@ def attention_reference(q, kc, vc, tables, seq_lens, scale):
     )
     ref = TorchAttentionBackend()
     ref.prepare(meta, kc.shape[1], q.shape[-1])
-    return ref._decode(q, kc, vc, meta, scale)
+    return ref._decode(q, kc, vc, meta, scale, None)
 
 
 def make_inputs(seed: int) -> dict:

@@ -30,7 +30,7 @@ def signature(fn, pointers: dict[str, str], constants: dict[str, object]) -> dic
             sig[name] = "constexpr"
         elif name in pointers:
             sig[name] = pointers[name]
-        elif name in ("scale_log2", "eps"):
+        elif name in ("scale_log2", "softcap_log2", "eps"):
             sig[name] = "fp32"
         else:  # strides and counts
             sig[name] = "i32"
@@ -51,12 +51,20 @@ def compile_one(fn, pointers, config, capability: int) -> None:
 
 
 def configurations():
-    """(kernel, pointer types, constants) for the shapes the engine launches."""
-    for dtype, heads, kv_heads, head_dim, block_size, splits in (
-        (torch.bfloat16, 32, 8, 64, 16, 4),  # Llama-3.2-1B
-        (torch.bfloat16, 32, 8, 128, 32, 1),  # Llama-3-8B
-        (torch.float16, 14, 2, 64, 16, 8),  # Qwen2-0.5B, GQA 7
-        (torch.float32, 9, 3, 64, 16, 2),  # SmolLM2-135M
+    """(kernel, pointer types, constants) for the shapes the engine launches.
+
+    The last rows are the sliding-window and soft-capped variants (their own
+    constexpr flags, so their own compiled kernels) at Gemma and Mistral shapes.
+    """
+    for dtype, heads, kv_heads, head_dim, block_size, splits, window, softcap in (
+        (torch.bfloat16, 32, 8, 64, 16, 4, None, None),  # Llama-3.2-1B
+        (torch.bfloat16, 32, 8, 128, 32, 1, None, None),  # Llama-3-8B
+        (torch.float16, 14, 2, 64, 16, 8, None, None),  # Qwen2-0.5B, GQA 7
+        (torch.float32, 9, 3, 64, 16, 2, None, None),  # SmolLM2-135M
+        (torch.bfloat16, 8, 4, 256, 16, 4, 4096, 50.0),  # Gemma-2-2B local layers
+        (torch.bfloat16, 8, 4, 256, 16, 1, None, 50.0),  # Gemma-2-2B global layers
+        (torch.bfloat16, 4, 1, 256, 16, 2, 512, None),  # Gemma-3-270M local layers
+        (torch.float16, 32, 8, 128, 16, 2, 4096, None),  # Mistral-7B-v0.1
     ):
         t = TYPES[dtype]
         io = {name: f"*{t}" for name in ("q", "k_cache", "v_cache", "out", "key", "value")}
@@ -64,7 +72,9 @@ def configurations():
             tk._decode_split_kernel,
             {**io, "block_tables": "*i64", "seq_lens": "*i64", "o_part": "*fp32",
              "lse_part": "*fp32"},
-            tk.decode_constants(heads, kv_heads, head_dim, block_size, splits, dtype),
+            tk.decode_constants(
+                heads, kv_heads, head_dim, block_size, splits, dtype, window, softcap
+            ),
         )  # fmt: skip
         if splits > 1:
             yield (
@@ -76,7 +86,9 @@ def configurations():
             tk._prefill_kernel,
             {**io, "block_tables": "*i64", "query_start": "*i64", "query_lens": "*i64",
              "seq_lens": "*i64"},
-            tk.prefill_constants(heads, kv_heads, head_dim, block_size, 512, dtype),
+            tk.prefill_constants(
+                heads, kv_heads, head_dim, block_size, 512, dtype, window, softcap
+            ),
         )  # fmt: skip
         yield (
             tk._store_kv_kernel,

@@ -46,13 +46,16 @@ class CpuAttentionBackend(TorchAttentionBackend):
             super().store_kv(key, value, k_cache, v_cache, meta)
 
     def _decode(self, q, k_cache, v_cache, meta: AttentionMetadata, scale: float, softcap=None):
-        if meta.window is not None or softcap is not None:
-            # TODO(kernels): the C kernel does not take a window or a softcap yet.
-            super()._prepare_decode(meta, k_cache.shape[1], k_cache.shape[-1])
-            return super()._decode(q, k_cache, v_cache, meta, scale, softcap)
         nd = meta.num_decodes
         out = cpu_kernels.paged_decode_attention(
-            q, k_cache, v_cache, meta.block_tables[:nd], meta.seq_lens[:nd], scale
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables[:nd],
+            meta.seq_lens[:nd],
+            scale,
+            window=meta.window,
+            softcap=softcap,
         )
         return out.to(q.dtype)
 

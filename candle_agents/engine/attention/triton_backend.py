@@ -2,9 +2,10 @@
 
 Decode tokens go through the split-K kernel, prefill chunks (with or without
 cached history) through the causal prefill kernel, both reading the paged
-cache in place. ``prepare`` does the per-step host work once for all layers;
-for decode it touches no device memory, so a captured CUDA graph replays the
-decode kernels with whatever ``meta.extra["num_splits"]`` held at capture.
+cache in place and honouring a layer's sliding window and score soft-cap.
+``prepare`` does the per-step host work once for all layers; for decode it
+touches no device memory, so a captured CUDA graph replays the decode kernels
+with whatever ``meta.extra["num_splits"]`` held at capture.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class TritonAttentionBackend(AttentionBackend):
     def prepare(self, meta: AttentionMetadata, num_kv_heads: int, head_dim: int) -> None:
         nd = meta.num_decodes
         if nd:
-            meta.extra["num_splits"] = self.decode_splits(nd, num_kv_heads, meta.max_decode_seq_len)
+            # Split what a query reads: at most its window.
+            attended = meta.max_decode_seq_len
+            if meta.window is not None:
+                attended = min(attended, meta.window)
+            meta.extra["num_splits"] = self.decode_splits(nd, num_kv_heads, attended)
         if meta.num_prefills:
             dev = meta.seq_lens.device
             qlens = meta.query_lens_cpu[nd:]
@@ -59,8 +64,6 @@ class TritonAttentionBackend(AttentionBackend):
     def attend(
         self, query, key, value, k_cache, v_cache, meta: AttentionMetadata, scale, softcap=None
     ):
-        if meta.window is not None or softcap is not None:
-            raise NotImplementedError("TODO(kernels): windows and softcaps in the triton kernels")
         out = torch.empty_like(query)
         nd = meta.num_decode_tokens
         if nd:
@@ -73,6 +76,8 @@ class TritonAttentionBackend(AttentionBackend):
                 scale,
                 meta.extra["num_splits"],
                 out=out[:nd],
+                window=meta.window,
+                softcap=softcap,
             )
         if meta.num_prefills:
             starts, qlens, max_qlen = meta.extra["prefill"]
@@ -87,6 +92,8 @@ class TritonAttentionBackend(AttentionBackend):
                 max_qlen,
                 scale,
                 out,
+                window=meta.window,
+                softcap=softcap,
             )
         return out
 

@@ -135,7 +135,7 @@ int decode_stack(const stack_model *m, int64_t M, float *x, float *residual, flo
                  m->kv_heads, d, bs);
         if (decode_attention(qkv, qkv_w, L->k_cache, L->v_cache, m->ctype, tables, table_stride,
                              seq_lens, attn, (int)M, m->heads, m->kv_heads, d, bs, m->scale,
-                             threads))
+                             0, 0.0f, threads)) /* no window, no softcap: see decode_stack.py */
             return -1;
         linear(&L->o, attn, M, x, threads);
         add_rms_norm(x, residual, L->norm2, M, H, m->eps, threads);

@@ -18,7 +18,7 @@ void rotary(float *x, int64_t stride, int heads, const float *cos_t, const float
 int decode_attention(const float *q, int64_t q_stride, const void *k_cache, const void *v_cache,
                      int ctype, const int64_t *tables, int64_t table_stride,
                      const int64_t *seq_lens, float *out, int batch, int heads, int kv_heads,
-                     int d, int bs, float scale, int threads);
+                     int d, int bs, float scale, int window, float softcap, int threads);
 int gemm_packed(const float *x, int64_t M, int64_t K, const float *packed, const float *bias,
                 int64_t N, float *out, int threads);
 int quant_gemm(int qtype, const uint8_t *w, int64_t N, int64_t K, const float *x, int64_t M,

@@ -123,7 +123,8 @@ def _open(path: Path) -> bool:
     signatures = {
         "paged_decode_attention": (
             i32,
-            [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32],
+            # ..., scale, window (0: none), softcap (0: none), threads
+            [ptr, ptr, ptr, i32, ptr, i64, ptr, ptr, i32, i32, i32, i32, i32, f32, i32, f32, i32],
         ),
         "pool_threads": (i32, []),
         "pool_shutdown": (None, []),

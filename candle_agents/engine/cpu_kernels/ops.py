@@ -20,12 +20,18 @@ def paged_decode_attention(
     block_tables: torch.Tensor,
     seq_lens: torch.Tensor,
     scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Attention of one query per sequence over its paged K/V history.
 
     ``q`` is [batch, heads, head_dim]; caches are [num_blocks, kv_heads,
     block_size, head_dim] in float32, bfloat16 or float16; ``block_tables`` [batch, n]
     and ``seq_lens`` [batch] are int64. Returns float32 [batch, heads, head_dim].
+
+    With ``window`` each query sees its last ``window`` positions only; table
+    entries of blocks wholly before them are never read. ``softcap`` caps the
+    scaled scores to ``softcap * tanh(s / softcap)``.
     """
     library.require()
     q = q.float().contiguous()
@@ -40,6 +46,10 @@ def paged_decode_attention(
             f"paged_decode_attention: heads={heads}, kv_heads={kv_heads}, "
             f"head_dim={head_dim} (cache {k_cache.shape[-1]}) are not supported"
         )
+    if window is not None and window < 1:
+        raise ValueError(f"paged_decode_attention: window={window} must be at least 1")
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"paged_decode_attention: softcap={softcap} must be positive")
     tables = block_tables.to(torch.int64).contiguous()
     lens = seq_lens.to(torch.int64).contiguous()
     out = torch.empty_like(q)
@@ -58,6 +68,8 @@ def paged_decode_attention(
         head_dim,
         block_size,
         scale,
+        window or 0,  # 0: no window
+        softcap or 0.0,  # 0: no cap
         num_threads(),
     )
     if rc != 0:
