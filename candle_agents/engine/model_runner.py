@@ -125,7 +125,7 @@ class ModelRunner:
         return size < 0.15 * available_memory(self.device)
 
     def _max_model_len(self) -> int:
-        c = self.model_config
+        c = self.model.config  # a multimodal checkpoint's text part, where the model took it
         limit = int(c.get("max_position_embeddings") or 2048)
         if self.config.max_model_len is not None:
             limit = self.config.max_model_len

@@ -43,7 +43,8 @@ def reference(arch, tiny_model_dir) -> Reference:
     return _refs[arch]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen3"])  # head_dim 16 and 32, QK-norm
+# head_dim 16 and 32, QK-norm; gemma2: sliding windows (12) and soft-capped scores
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
 def test_engine_matches_transformers_with_chunked_prefill(arch, tiny_model_dir):
     ref = reference(arch, tiny_model_dir)
     # 8-token chunks under a 24-token budget: long prompts are prefilled over
@@ -56,7 +57,8 @@ def test_engine_matches_transformers_with_chunked_prefill(arch, tiny_model_dir):
     ) as engine:
         assert engine.runner.backend.name == "triton"
         # Unused cache memory is NaN: masked loads must never let it into a result.
-        engine.runner.kv_buffer[:, :, 1:] = float("nan")
+        for group in engine.runner.kv_groups:  # one block pool per window group
+            group.buffer[:, :, 1:] = float("nan")
         prompts = make_prompts(
             5, engine.runner.model.vocab_size, seed=11, lengths=[3, 29, 1, 17, 40]
         )
@@ -96,7 +98,8 @@ class RerunGraph:
         return self.out
 
     def replay(self) -> None:
-        graphs, cache = self.runner.graphs, self.runner.kv_buffer
+        # Graphs are only captured for models with one (global) block pool.
+        graphs, cache = self.runner.graphs, self.runner.kv_groups[0].buffer
         before = cache.clone()
         for captured, fresh in zip(self.out, self.fn()):
             captured.copy_(fresh)
@@ -153,6 +156,19 @@ def test_cuda_graphs_are_ignored_without_cuda(tiny_model_dir, caplog):
         assert "enable_cuda_graph is ignored" in caplog.text
         with pytest.raises(ConfigError, match="triton attention backend"):
             engine.runner.enable_decode_graphs()
+
+
+def test_decode_graphs_refuse_sliding_window_models():
+    from types import SimpleNamespace
+
+    from candle_agents.engine.cuda_graph import DecodeGraphs
+
+    model = SimpleNamespace(spec=SimpleNamespace(layer_windows=(12, None)))
+    with pytest.raises(ConfigError, match="sliding-window") as err:
+        DecodeGraphs(
+            model, None, [], max_batch=2, max_model_len=64, block_size=8, device=torch.device("cpu")
+        )
+    assert err.value.field == "enable_cuda_graph"
 
 
 def test_triton_backend_refused_on_cpu_without_the_interpreter(monkeypatch):

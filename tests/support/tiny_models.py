@@ -17,7 +17,8 @@ CORPUS = [
 
 ARCHS = {
     "llama": ("LlamaConfig", {}),
-    "mistral": ("MistralConfig", {"sliding_window": None}),
+    # a sliding window on every layer, far shorter than the test prompts
+    "mistral": ("MistralConfig", {"sliding_window": 12}),
     "qwen2": ("Qwen2Config", {}),
     "qwen3": ("Qwen3Config", {"head_dim": 32}),
     # Q/K/V and gate/up fused in the checkpoint; rotary over 3/4 of each head (Phi-4-mini);
@@ -25,7 +26,41 @@ ARCHS = {
     "phi3": ("Phi3Config", {"sliding_window": None, "partial_rotary_factor": 0.75}),
     # the second layer without rotary embedding
     "smollm3": ("SmolLM3Config", {"no_rope_layers": [1, 0]}),
+    # Local layers with a 12-token window (prompts run to 100 tokens), a global one;
+    # local rope base != global, linear scaling on the global layer only; QK norm;
+    # query_pre_attn_scalar != head_dim; tied embeddings as the real models have.
+    "gemma3": (
+        "Gemma3TextConfig",
+        {
+            "num_hidden_layers": 3,
+            "layer_types": ["sliding_attention", "sliding_attention", "full_attention"],
+            "sliding_window": 12,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 24,
+            "rope_theta": 50000.0,
+            "rope_local_base_freq": 500.0,
+            "rope_scaling": {"rope_type": "linear", "factor": 4.0},
+            "tie_word_embeddings": True,
+        },
+    ),
+    # Alternating local/global layers, window 12, scores and logits soft-capped low
+    # enough to bite on random weights.
+    "gemma2": (
+        "Gemma2Config",
+        {
+            "num_hidden_layers": 3,
+            "sliding_window": 12,
+            "head_dim": 32,
+            "query_pre_attn_scalar": 40,
+            "attn_logit_softcapping": 5.0,
+            "final_logit_softcapping": 3.0,
+            "tie_word_embeddings": True,
+        },
+    ),
 }
+# Architectures whose norms multiply by (1 + w) with w initialised to 0: their norm
+# weights are randomised, so that a missing or doubled + 1 cannot hide behind w = 0.
+RANDOM_NORMS = {"gemma2", "gemma3"}
 
 
 def build_tokenizer(vocab_size: int = 384):
@@ -71,8 +106,8 @@ def build_tiny_model(
         bos_token_id=0,
         eos_token_id=2,
         pad_token_id=0,
-        **extra,
     )
+    fields.update(extra)
     fields.update(overrides)
     config = getattr(transformers, cls_name)(**fields)
     torch.manual_seed(seed)
@@ -83,6 +118,10 @@ def build_tiny_model(
         for p in model.parameters():
             if p.dim() > 1:
                 p.normal_(0.0, 0.25)
+        if arch in RANDOM_NORMS:
+            for param_name, p in model.named_parameters():
+                if param_name.endswith("norm.weight"):
+                    p.uniform_(-0.5, 0.5)
     path = root / (name or arch)
     model.save_pretrained(path, safe_serialization=True)
     tok.save(str(path / "tokenizer.json"))
