@@ -601,8 +601,8 @@ def _minimal_gguf(path: Path, arch: str, tokenizer_model: str = "gpt2") -> None:
 
 def test_unsupported_architecture(tmp_path) -> None:
     path = tmp_path / "phi.gguf"
-    _minimal_gguf(path, "phi3")
-    with pytest.raises(ModelLoadError, match=r"'phi3' is not supported.*llama, mistral, qwen2"):
+    _minimal_gguf(path, "phi2")
+    with pytest.raises(ModelLoadError, match=r"'phi2' is not supported.*llama, mistral, qwen2"):
         load_gguf(path)
 
 

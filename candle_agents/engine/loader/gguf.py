@@ -11,19 +11,28 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType
-from gguf.gguf_reader import ReaderField, ReaderTensor
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from gguf import GGMLQuantizationType, GGUFReader
+from gguf.gguf_reader import ReaderTensor
 
-from candle_agents.engine.loader.base import Checkpoint, TokenizerInfo
+from candle_agents.engine.loader.base import Checkpoint
 from candle_agents.engine.loader.dequant import dequantize
+from candle_agents.engine.loader.gguf_names import (
+    HF_ARCHITECTURES,
+    NORM_PLUS_ONE,
+    PERMUTED_QK,
+    SUPPORTED_ARCHITECTURES,
+    arch_config,
+    hf_name,
+)
+from candle_agents.engine.loader.gguf_reading import field as _field
+from candle_agents.engine.loader.gguf_reading import hf_shape as _hf_shape
+from candle_agents.engine.loader.gguf_tokenizer import build_gguf_tokenizer
 from candle_agents.engine.quant.tensor import QuantTensor
 from candle_agents.errors import ModelLoadError
 
@@ -31,42 +40,15 @@ __all__ = ["SUPPORTED_ARCHITECTURES", "build_gguf_tokenizer", "gguf_config", "lo
 
 logger = logging.getLogger(__name__)
 
-# GGUF architecture -> (HF architecture class, HF model_type).
-_HF_ARCHITECTURES = {
-    "llama": ("LlamaForCausalLM", "llama"),
-    "mistral": ("MistralForCausalLM", "mistral"),
-    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
-    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
-}
-SUPPORTED_ARCHITECTURES = tuple(_HF_ARCHITECTURES)
 
-# llama.cpp's converter interleaves the rotary halves of Q and K rows for these.
-_PERMUTED_QK = {"llama", "mistral"}
+class _Planned(NamedTuple):
+    """One tensor to yield: its HF name, the GGUF tensor, heads to un-permute Q/K rows
+    by (0: none) and a constant the converter added that comes off again (0: none)."""
 
-_GLOBAL_TENSORS = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-_LAYER_TENSORS = {
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-_LAYER_TENSOR = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
-# Tensors llama.cpp writes that HF models compute instead of storing.
-_SKIPPED_TENSOR = re.compile(r"rope_freqs\.weight|blk\.\d+\.attn_rot_embd(\.weight)?")
-
-# Token types (gguf.TokenType).
-_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED = 1, 2, 3, 4
+    hf_name: str
+    tensor: ReaderTensor
+    heads: int
+    shift: float
 
 
 def load_gguf(path: str | os.PathLike) -> Checkpoint:
@@ -80,16 +62,13 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
     file = Path(path)
     reader = _open_reader(file)
     config = gguf_config(reader)
-    permute = _field(reader, "general.architecture") in _PERMUTED_QK
-    plan = _weight_plan(reader.tensors, config, permute)
+    plan = _weight_plan(reader.tensors, config, _field(reader, "general.architecture"))
     tokenizer, info, eos_ids = build_gguf_tokenizer(reader)
-    quantized = {
-        hf_name: int(tensor.tensor_type) for hf_name, tensor, _ in plan if _keeps_blocks(tensor)
-    }
+    quantized = {p.hf_name: int(p.tensor.tensor_type) for p in plan if _keeps_blocks(p.tensor)}
 
     def weights(keep_quantized: Collection[str] = ()) -> Iterator[tuple[str, Any]]:
         with file.open("rb") as fh:
-            for hf_name, tensor, heads in plan:
+            for hf_name, tensor, heads, shift in plan:
                 if hf_name in keep_quantized and hf_name in quantized:
                     yield hf_name, _read_blocks(fh, tensor, heads)
                     continue
@@ -102,6 +81,8 @@ def load_gguf(path: str | os.PathLike) -> Checkpoint:
                     ) from exc
                 if heads:
                     weight = _unpermute_rotary(weight, heads)
+                if shift:
+                    weight = weight - shift
                 yield hf_name, weight
 
     return Checkpoint(
@@ -163,43 +144,21 @@ def _open_reader(file: Path) -> GGUFReader:
         raise ModelLoadError(f"cannot read GGUF file {file}: {exc}") from exc
 
 
-def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    """A metadata value as a Python scalar, str or list; ``default`` when absent."""
-    field = reader.fields.get(key)
-    if field is None or not field.types:
-        return default
-    if field.types[0] == GGUFValueType.ARRAY and field.types[-1] == GGUFValueType.STRING:
-        return _strings(field)
-    if field.types[0] == GGUFValueType.STRING:
-        return bytes(field.parts[-1]).decode("utf-8", errors="replace")
-    return field.contents()
-
-
-def _strings(field: ReaderField) -> list[str]:
-    # Not field.contents(): one invalid UTF-8 token would fail the whole vocabulary.
-    return [bytes(field.parts[i]).decode("utf-8", errors="replace") for i in field.data]
-
-
-def _hf_shape(tensor: ReaderTensor) -> tuple[int, ...]:
-    """GGUF stores GGML's ``ne`` (fastest dimension first); HF/numpy order is reversed."""
-    return tuple(int(n) for n in reversed(tensor.shape.tolist()))
-
-
 # -- config -----------------------------------------------------------------------
 
 
 def gguf_config(reader: GGUFReader) -> dict[str, Any]:
     """The HF ``config.json`` equivalent of a GGUF file's metadata."""
     arch = _field(reader, "general.architecture")
-    if arch not in _HF_ARCHITECTURES:
+    if arch not in HF_ARCHITECTURES:
         raise ModelLoadError(
             f"GGUF architecture {arch!r} is not supported; supported GGUF architectures: "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    hf_arch, model_type = _HF_ARCHITECTURES[arch]
+    hf_arch, model_type = HF_ARCHITECTURES[arch]
     # llama.cpp writes Mistral models as "llama"; only the name tells them apart.
     if arch == "llama" and "mistral" in str(_field(reader, "general.name", "")).lower():
-        hf_arch, model_type = _HF_ARCHITECTURES["mistral"]
+        hf_arch, model_type = HF_ARCHITECTURES["mistral"]
     tensors = {t.name: t for t in reader.tensors}
 
     def meta(key: str, default: Any = None) -> Any:
@@ -252,6 +211,7 @@ def gguf_config(reader: GGUFReader) -> dict[str, Any]:
     )
     if rope_scaling:
         config["rope_scaling"] = rope_scaling
+    config.update(arch_config(arch, meta, config, tensors))
     return config
 
 
@@ -343,37 +303,30 @@ def _llama3_divisors(inv_freq: np.ndarray, s: dict[str, Any]) -> np.ndarray:
 # -- weights ----------------------------------------------------------------------
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """The HF parameter name of a GGUF tensor; None for tensors HF does not store."""
-    if gguf_name in _GLOBAL_TENSORS:
-        return _GLOBAL_TENSORS[gguf_name]
-    if _SKIPPED_TENSOR.fullmatch(gguf_name):
-        return None
-    match = _LAYER_TENSOR.fullmatch(gguf_name)
-    if match and match.group(2) in _LAYER_TENSORS:
-        layer, part, kind = match.groups()
-        return f"model.layers.{layer}.{_LAYER_TENSORS[part]}.{kind}"
-    raise ModelLoadError(
-        f"GGUF tensor {gguf_name!r} has no counterpart in the supported architectures "
-        f"({', '.join(SUPPORTED_ARCHITECTURES)}): is this a fused or MoE variant?"
-    )
+    return hf_name(gguf_name, arch)
 
 
 def _weight_plan(
-    tensors: Sequence[ReaderTensor], config: dict[str, Any], permute: bool
-) -> list[tuple[str, ReaderTensor, int]]:
-    """(HF name, tensor, heads to un-permute by or 0) for every tensor to yield."""
+    tensors: Sequence[ReaderTensor], config: dict[str, Any], arch: str
+) -> list[_Planned]:
+    """Every tensor to yield, with what to undo of the converter's changes."""
+    permute = arch in PERMUTED_QK
     plan = []
     for tensor in tensors:
-        hf_name = _hf_name(tensor.name)
-        if hf_name is None:
+        name = hf_name(tensor.name, arch)
+        if name is None:
             continue
         heads = 0
         if permute and ".attn_q." in tensor.name:
             heads = config["num_attention_heads"]
         elif permute and ".attn_k." in tensor.name:
             heads = config["num_key_value_heads"]
-        plan.append((hf_name, tensor, heads))
+        # transformers takes the 1 off again too (and adds it back in float32 when it
+        # computes): doing the same keeps the weights bit-identical to its.
+        shift = 1.0 if arch in NORM_PLUS_ONE and name.endswith("norm.weight") else 0.0
+        plan.append(_Planned(name, tensor, heads, shift))
     return plan
 
 
@@ -389,170 +342,3 @@ def _unpermute_rotary(weight: torch.Tensor, heads: int) -> torch.Tensor:
     pairs = rows // heads // 2
     grouped = weight.reshape(heads, pairs, 2, *weight.shape[1:])
     return grouped.transpose(1, 2).reshape(weight.shape).contiguous()
-
-
-# -- tokenizer --------------------------------------------------------------------
-
-# The GPT-2 split regex, run after digits were cut out one by one (llama.cpp's
-# "smollm"/"starcoder" pre-tokenizers; SmolLM2's own tokenizer.json does the same
-# with Digits(individual_digits=True) + ByteLevel).
-_DIGIT_SPLIT_PRE = {
-    "smollm",
-    "starcoder",
-    "refact",
-    "command-r",
-    "codeshell",
-    "exaone",
-    "minerva-7b",
-}
-_LLAMA3_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
-_QWEN2_SPLIT = _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")
-_LLAMA3_PRE = {
-    "llama3",
-    "llama-v3",
-    "llama-bpe",
-    "falcon3",
-    "falcon-h1",
-    "pixtral",
-    "dbrx",
-    "smaug-bpe",
-}
-_QWEN2_PRE = {"qwen2", "deepseek-r1-qwen", "megrez"}
-
-
-def build_gguf_tokenizer(reader: GGUFReader) -> tuple[Tokenizer, TokenizerInfo, list[int]]:
-    """The tokenizer described by ``tokenizer.ggml.*``, its metadata and its EOS ids."""
-    model = _field(reader, "tokenizer.ggml.model")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    if not tokens:
-        raise ModelLoadError("the GGUF file has no tokenizer.ggml.tokens: no vocabulary to use")
-    types = _field(reader, "tokenizer.ggml.token_type") or [_NORMAL] * len(tokens)
-    pre = _field(reader, "tokenizer.ggml.pre", "default")
-    add_bos_default = False
-    if model == "gpt2":
-        tokenizer = _byte_level_bpe(tokens, _field(reader, "tokenizer.ggml.merges") or [], pre)
-        add_bos_default = pre in _LLAMA3_PRE  # llama.cpp's default for these vocabularies
-    elif model == "llama":
-        scores = _field(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
-        unk_id = _field(reader, "tokenizer.ggml.unknown_token_id")
-        unk = tokens[unk_id] if unk_id is not None and 0 <= unk_id < len(tokens) else None
-        prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
-        tokenizer = _sentencepiece_bpe(tokens, scores, types, unk, prefix)
-        add_bos_default = True
-    else:
-        raise ModelLoadError(
-            f"GGUF tokenizer model {model!r} is not supported; supported: 'gpt2' "
-            "(byte-level BPE) and 'llama' (SentencePiece BPE)"
-        )
-    _add_special_tokens(tokenizer, tokens, types)
-
-    def token(key: str) -> str | None:
-        token_id = _field(reader, f"tokenizer.ggml.{key}")
-        return tokens[token_id] if token_id is not None and 0 <= token_id < len(tokens) else None
-
-    info = TokenizerInfo(
-        chat_template=_field(reader, "tokenizer.chat_template"),
-        bos_token=token("bos_token_id"),
-        eos_token=token("eos_token_id"),
-        pad_token=token("padding_token_id"),
-        unk_token=token("unknown_token_id"),
-        add_bos_token=bool(_field(reader, "tokenizer.ggml.add_bos_token", add_bos_default)),
-        add_eos_token=bool(_field(reader, "tokenizer.ggml.add_eos_token", False)),
-    )
-    eos_ids = [
-        int(value)
-        for key in ("eos_token_id", "eot_token_id", "eom_token_id")
-        if (value := _field(reader, f"tokenizer.ggml.{key}")) is not None
-    ]
-    return tokenizer, info, list(dict.fromkeys(eos_ids))
-
-
-def _byte_level_bpe(tokens: list[str], merges: list[str], pre: str) -> Tokenizer:
-    """GPT-2 style byte-level BPE; the tokens are already spelled in its byte alphabet."""
-    vocab = {token: index for index, token in enumerate(tokens)}
-    pairs = [tuple(merge.split(" ", 1)) for merge in merges if " " in merge]
-    # Llama 3 vocabularies take a whole-word token even where no merge leads to it.
-    tokenizer = Tokenizer(models.BPE(vocab, pairs, ignore_merges=pre in _LLAMA3_PRE))
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if pre in _DIGIT_SPLIT_PRE:
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [pre_tokenizers.Digits(individual_digits=True), byte_level]
-        )
-    elif pre in _LLAMA3_PRE or pre in _QWEN2_PRE:
-        split = _LLAMA3_SPLIT if pre in _LLAMA3_PRE else _QWEN2_SPLIT
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-            ]
-        )
-    else:  # "gpt2", "default" and the rest: GPT-2's own split
-        tokenizer.pre_tokenizer = byte_level
-    tokenizer.decoder = decoders.ByteLevel()
-    return tokenizer
-
-
-def _sentencepiece_bpe(
-    tokens: list[str], scores: list[float], types: list[int], unk: str | None, add_prefix: bool
-) -> Tokenizer:
-    """SentencePiece BPE (llama.cpp's "llama" model): ``▁`` for spaces, byte fallback.
-
-    Spaces are rewritten by a normalizer, as in Llama's own tokenizer.json: it
-    prepends ``▁`` to every text segment between special tokens, as llama.cpp does.
-    """
-    vocab = {token: index for index, token in enumerate(tokens)}
-    merges = _merges_from_scores(tokens, scores, types)
-    tokenizer = Tokenizer(
-        models.BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True)
-    )
-    steps = [normalizers.Replace(" ", "▁")]
-    if add_prefix:
-        steps.insert(0, normalizers.Prepend("▁"))
-    tokenizer.normalizer = normalizers.Sequence(steps)
-    tokenizer.pre_tokenizer = None
-    decode = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
-    if add_prefix:
-        decode.append(decoders.Strip(" ", 1, 0))
-    tokenizer.decoder = decoders.Sequence(decode)
-    return tokenizer
-
-
-def _merges_from_scores(
-    tokens: list[str], scores: list[float], types: list[int]
-) -> list[tuple[str, str]]:
-    """BPE merges that reproduce SentencePiece's "best-scoring piece first" rule.
-
-    Every way of splitting a normal piece into two normal pieces becomes a merge,
-    ranked by the score of the piece it makes (higher first, then lower id).
-    """
-    normal = {
-        token: index for index, token in enumerate(tokens) if types[index] in (_NORMAL, 0) and token
-    }
-    ranked = []
-    for token, index in normal.items():
-        for cut in range(1, len(token)):
-            left, right = token[:cut], token[cut:]
-            if left in normal and right in normal:
-                ranked.append((-scores[index], index, cut, left, right))
-    ranked.sort()
-    return [(left, right) for *_, left, right in ranked]
-
-
-def _add_special_tokens(tokenizer: Tokenizer, tokens: list[str], types: list[int]) -> None:
-    """Control and unknown tokens become special added tokens, user-defined ones plain
-    added tokens: either way the text matches whole, as in llama.cpp."""
-    special, user = [], []
-    for token, kind in zip(tokens, types):
-        if not token:
-            continue
-        if kind in (_CONTROL, _UNKNOWN):
-            special.append(AddedToken(token, special=True, normalized=False))
-        elif kind == _USER_DEFINED:
-            user.append(AddedToken(token, special=False, normalized=False))
-    if special:
-        tokenizer.add_special_tokens(special)
-    if user:
-        tokenizer.add_tokens(user)
