@@ -43,8 +43,10 @@ def reference(arch, tiny_model_dir) -> Reference:
     return _refs[arch]
 
 
-# head_dim 16 and 32, QK-norm; gemma2: sliding windows (12) and soft-capped scores
-@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2"])
+# head_dim 16 and 32, QK-norm; gemma2: sliding windows (12) and soft-capped scores;
+# gemma3: a global and a window block pool, a local rope table; phi3: partial
+# rotary; smollm3: layers without rotary
+@pytest.mark.parametrize("arch", ["llama", "qwen3", "gemma2", "gemma3", "phi3", "smollm3"])
 def test_engine_matches_transformers_with_chunked_prefill(arch, tiny_model_dir):
     ref = reference(arch, tiny_model_dir)
     # 8-token chunks under a 24-token budget: long prompts are prefilled over
