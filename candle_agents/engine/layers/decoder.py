@@ -78,6 +78,11 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.k_norm = RMSNorm(spec.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
         self.use_rope = spec.rope_layers is None or spec.rope_layers[layer_idx]
+        self.softcap: float | None = None  # attention-score cap (Gemma 2)
+
+    def rope_table(self, ctx: ForwardContext) -> RotaryEmbedding | None:
+        """The rotary table this layer turns Q and K with (None: no rotary)."""
+        return ctx.rotary if self.use_rope else None
 
     def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         qkv = self.qkv_proj(x)
@@ -87,12 +92,13 @@ class Attention(nn.Module):
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q, ctx.ops), self.k_norm(k, ctx.ops)
-        if self.use_rope:
-            q, k = ctx.ops.rotary(q, k, ctx.rotary.cos, ctx.rotary.sin, ctx.positions)
+        rope = self.rope_table(ctx)
+        if rope is not None:
+            q, k = ctx.ops.rotary(q, k, rope.cos, rope.sin, ctx.positions)
         k_cache, v_cache = ctx.kv_caches[self.layer_idx]
         meta = ctx.meta_for(self.layer_idx)
         ctx.backend.store_kv(k, v, k_cache, v_cache, meta)
-        out = ctx.backend.attend(q, k, v, k_cache, v_cache, meta, self.scale)
+        out = ctx.backend.attend(q, k, v, k_cache, v_cache, meta, self.scale, self.softcap)
         return self.o_proj(out.reshape(-1, self.q_size))
 
 

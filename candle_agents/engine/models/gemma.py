@@ -109,7 +109,7 @@ class GemmaAttention(Attention):
         self.softcap = softcap
         self.window = spec.layer_windows[layer_idx] if spec.layer_windows else None
 
-    def forward(self, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+    def rope_table(self, ctx: ForwardContext) -> RotaryEmbedding:
         meta = ctx.meta_for(self.layer_idx)
         rotary = ctx.local_rotary if self.local else ctx.rotary
         # A context built without per-layer metadata or the local table would
@@ -120,18 +120,7 @@ class GemmaAttention(Attention):
                 f"{'local' if self.local else 'global'} rope table; the forward context "
                 f"gives window {meta.window} and {'no' if rotary is None else 'a'} table"
             )
-        qkv = self.qkv_proj(x)
-        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(-1, self.num_heads, self.head_dim)
-        k = k.view(-1, self.num_kv_heads, self.head_dim)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q, ctx.ops), self.k_norm(k, ctx.ops)
-        q, k = ctx.ops.rotary(q, k, rotary.cos, rotary.sin, ctx.positions)
-        k_cache, v_cache = ctx.kv_caches[self.layer_idx]
-        ctx.backend.store_kv(k, v, k_cache, v_cache, meta)
-        out = ctx.backend.attend(q, k, v, k_cache, v_cache, meta, self.scale, softcap=self.softcap)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return rotary
 
 
 class GemmaMLP(GatedMLP):
@@ -290,15 +279,9 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
 
     # -- forward ------------------------------------------------------------------
 
-    def hidden_states(
-        self, input_ids: torch.Tensor, ctx: ForwardContext
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
-        x = x * self.embed_scale.to(x.dtype)
-        residual = None
-        for layer in self.layers:
-            x, residual = layer(x, residual, ctx)
-        return x, residual
+        return x * self.embed_scale.to(x.dtype)
 
     def logits(
         self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops: TorchOps

@@ -28,8 +28,9 @@ def layer_windows(c: dict[str, Any]) -> tuple[int | None, ...] | None:
     """Each layer's sliding window from an HF config (None: no layer has one).
 
     ``layer_types`` names the local layers where the config has it; otherwise
-    a ``sliding_window`` applies to every layer unless ``use_sliding_window``
-    turns it off (Qwen2's and SmolLM3's configs carry one that is off).
+    a ``sliding_window`` applies to every layer (from ``max_window_layers`` on,
+    for Qwen2) unless ``use_sliding_window`` turns it off (Qwen2's and
+    SmolLM3's configs carry one that is off).
     """
     window = c.get("sliding_window")
     if not window or not c.get("use_sliding_window", True):
@@ -39,7 +40,9 @@ def layer_windows(c: dict[str, Any]) -> tuple[int | None, ...] | None:
     if types:
         windows = tuple(int(window) if t == "sliding_attention" else None for t in types)
     else:
-        windows = (int(window),) * layers
+        # Qwen2: layers from max_window_layers on are local (transformers' default).
+        first = int(c.get("max_window_layers") or 0)
+        windows = tuple(int(window) if i >= first else None for i in range(layers))
     return windows if any(w is not None for w in windows) else None
 
 
@@ -125,10 +128,13 @@ class LlamaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, ctx: ForwardContext
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The last block's output and the residual stream, for every token."""
-        x, residual = self.embed_tokens(input_ids), None
+        x, residual = self.embed(input_ids), None
         for layer in self.layers:
             x, residual = layer(x, residual, ctx)
         return x, residual
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(input_ids)
 
     def logits(
         self, x: torch.Tensor, residual: torch.Tensor, rows: torch.Tensor, ops: TorchOps
