@@ -7,9 +7,11 @@ C once (weights, norms, caches), and each decode-only step then runs every
 layer in one call, on the same kernels in the same order as the per-layer
 path: the logits are bit for bit the same.
 
-It applies to the Llama family (Llama, Mistral, Qwen2, Qwen3) on the CPU
-attention backend with float32 activations, when every projection is either
-quantized (``QuantLinear``) or float32 packed into panels (``PackedLinear``);
+It applies to the Llama family (Llama, Mistral with or without its sliding
+window, Qwen2, Qwen3, SmolLM3, Phi-3; not Gemma, whose local and global layers
+read different block pools and whose blocks differ) on the CPU attention
+backend with float32 activations, when every projection is either quantized
+(``QuantLinear``) or float32 packed into panels (``PackedLinear``);
 anything else keeps the per-layer path, as do steps with prefill tokens.
 """
 
@@ -88,7 +90,7 @@ class _Model(ctypes.Structure):
         ("eps", _f32),
         ("scale", _f32),
         ("rot_dim", _i32),
-        ("_pad", _i32),
+        ("window", _i32),
         ("cos", _ptr),
         ("sin", _ptr),
         ("layer", ctypes.POINTER(_Layer)),
@@ -138,8 +140,11 @@ class DecodeStack:
         layers = list(model.layers)
         if not layers or not all(type(layer) is DecoderLayer for layer in layers):
             raise Unsupported("the model is not made of DecoderLayers")
-        if spec.layer_windows is not None:
-            raise Unsupported("sliding-window layers")
+        windows = set(spec.layer_windows or (None,))
+        if len(windows) > 1:
+            # Local and global layers read different block pools (kv_cache.py).
+            raise Unsupported("layers with different sliding windows")
+        (window,) = windows
         k0 = kv_caches[0][0]
         if k0.dtype not in cpu_kernels.CACHE_TYPES:
             raise Unsupported(f"KV cache dtype {k0.dtype}")
@@ -182,6 +187,7 @@ class DecodeStack:
             eps=spec.rms_norm_eps,
             scale=layers[0].self_attn.scale,
             rot_dim=rotary.cos.shape[-1],
+            window=window or 0,
             cos=_f32_ptr(rotary.cos, "rotary cos"),
             sin=_f32_ptr(rotary.sin, "rotary sin"),
             layer=structs,

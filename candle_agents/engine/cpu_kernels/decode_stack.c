@@ -49,7 +49,8 @@ typedef struct {
 typedef struct {
     int32_t layers, hidden, inter, heads, kv_heads, head_dim, block_size, ctype;
     float eps, scale;
-    int32_t rot_dim, _pad;  /* rotary width: head_dim, or less (partial rotary) */
+    int32_t rot_dim;        /* rotary width: head_dim, or less (partial rotary) */
+    int32_t window;         /* every layer's sliding window, 0: none (Mistral v0.1) */
     const float *cos, *sin; /* [positions, rot_dim] */
     const stack_layer *layer;
 } stack_model;
@@ -135,7 +136,7 @@ int decode_stack(const stack_model *m, int64_t M, float *x, float *residual, flo
                  m->kv_heads, d, bs);
         if (decode_attention(qkv, qkv_w, L->k_cache, L->v_cache, m->ctype, tables, table_stride,
                              seq_lens, attn, (int)M, m->heads, m->kv_heads, d, bs, m->scale,
-                             0, 0.0f, threads)) /* no window, no softcap: see decode_stack.py */
+                             m->window, 0.0f, threads)) /* no softcap: see decode_stack.py */
             return -1;
         linear(&L->o, attn, M, x, threads);
         add_rms_norm(x, residual, L->norm2, M, H, m->eps, threads);
