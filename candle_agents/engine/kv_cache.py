@@ -10,7 +10,6 @@ uses when a sequence runs at full length.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +39,18 @@ def window_blocks_per_seq(window: int, step_tokens: int, block_size: int) -> int
     return -(-(window - 1 + step_tokens) // block_size) + 1
 
 
+def blocks_per_seq(
+    window: int | None, max_model_len: int, step_tokens: int, block_size: int
+) -> int:
+    """The most blocks one sequence holds in a group: all of it, or its window and a step."""
+    full = -(-max_model_len // block_size)
+    return (
+        full
+        if window is None
+        else min(full, window_blocks_per_seq(window, step_tokens, block_size))
+    )
+
+
 def size_groups(
     groups: list[KVGroup],
     budget: int,
@@ -56,26 +67,17 @@ def size_groups(
     sequences can hold at once; the global group gets the rest (and at most
     twice what every sequence at full length could use, as before).
     """
-    full_blocks = -(-max_model_len // block_size)
-    need = {}
-    for g in groups:
-        per_seq = (
-            full_blocks
-            if g.window is None
-            else min(full_blocks, window_blocks_per_seq(g.window, step_tokens, block_size))
-        )
-        need[id(g)] = per_seq
-    weight = sum(len(g.layers) * need[id(g)] for g in groups)
+    need = [blocks_per_seq(g.window, max_model_len, step_tokens, block_size) for g in groups]
+    weight = sum(len(g.layers) * n for g, n in zip(groups, need))
     left = budget
-    for g in sorted(groups, key=lambda g: g.window is None):  # window groups first
+    # Window groups first: the global group takes what they leave.
+    for g, n in sorted(zip(groups, need), key=lambda p: p[0].window is None):
         per_block = bytes_per_layer_block * len(g.layers)
         if g.window is None:
-            cap = full_blocks * max_num_seqs * 2
-            g.num_blocks = min(left // per_block, cap)
+            g.num_blocks = min(left // per_block, n * max_num_seqs * 2)
         else:
-            share = budget * len(g.layers) * need[id(g)] / weight
-            cap = need[id(g)] * max_num_seqs
-            g.num_blocks = min(int(share // per_block), cap)
+            share = budget * len(g.layers) * n / weight
+            g.num_blocks = min(int(share // per_block), n * max_num_seqs)
             left -= g.num_blocks * per_block
         if g.num_blocks < 2:
             raise ModelLoadError(
@@ -92,9 +94,7 @@ def longest_fitting(
     A window group that can hold a sequence's window plus one step bounds nothing.
     """
     for g in groups:
-        if g.window is None or g.num_blocks < window_blocks_per_seq(
-            g.window, step_tokens, block_size
-        ):
+        if g.num_blocks < blocks_per_seq(g.window, max_model_len, step_tokens, block_size):
             max_model_len = min(max_model_len, g.num_blocks * block_size)
     return max_model_len
 
@@ -122,17 +122,6 @@ def allocate_groups(
     return [caches[i] for i in range(len(caches))]
 
 
-def kv_bytes(groups: list[KVGroup], bytes_per_layer_block: int) -> int:
-    return sum(g.num_blocks * len(g.layers) * bytes_per_layer_block for g in groups)
-
-
 def _what(g: KVGroup) -> str:
     n = len(g.layers)
     return f"{n} global layer(s)" if g.window is None else f"{n} layer(s) with window {g.window}"
-
-
-def uniform_ratio(groups: list[KVGroup], held: list[int], tokens: int, block_size: int) -> float:
-    """Bytes a sequence holding ``held`` blocks per group uses, over a uniform cache's."""
-    layers = sum(len(g.layers) for g in groups)
-    used = sum(len(g.layers) * n for g, n in zip(groups, held))
-    return used / (layers * math.ceil(tokens / block_size))

@@ -15,7 +15,6 @@ from candle_agents.engine.decode_stack import DecodeStack
 from candle_agents.engine.kv_cache import (
     allocate_groups,
     group_layers,
-    kv_bytes,
     longest_fitting,
     size_groups,
 )
@@ -36,7 +35,6 @@ class ModelRunner:
         self.config = config
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
-        self.model_config = checkpoint.config
         self.quantized = False  # set by _load
         self.model = self._load(checkpoint)
         self.kv_dtype = self._kv_dtype()
@@ -169,7 +167,6 @@ class ModelRunner:
                 self.block_size,
                 g.num_blocks * len(g.layers) * per_layer_block / 2**20,
             )
-        self.kv_bytes = kv_bytes(self.kv_groups, per_layer_block)
         self.max_model_len = longest_fitting(
             self.kv_groups, self.block_size, self.max_model_len, step
         )
