@@ -174,22 +174,19 @@ class BlockManager:
         bs = self.block_size
         tokens = seq.token_ids()
         max_blocks = (len(tokens) - 1) // bs
+        global_pools = [p for p in self.pools if p.window is None]
         hashes: list[int] = []
         chunks: list[tuple[int, ...]] = []
         parent: int | None = None
         for i in range(max_blocks):
             chunk = tuple(tokens[i * bs : (i + 1) * bs])
             parent = self._chain_hash(parent, chunk)
+            if any(p.lookup(parent, chunk) is None for p in global_pools):
+                break  # global layers need the whole prefix: no hit goes further
             hashes.append(parent)
             chunks.append(chunk)
-        found = [
-            [p.lookup(h, c) for h, c in zip(hashes, chunks)] if max_blocks else []
-            for p in self.pools
-        ]
-        k = max_blocks
-        for pool, blocks in zip(self.pools, found):
-            if pool.window is None:  # global layers need the whole prefix
-                k = next((i for i, b in enumerate(blocks[:k]) if b is None), k)
+        found = [[p.lookup(h, c) for h, c in zip(hashes, chunks)] for p in self.pools]
+        k = len(hashes)
         changed = True
         while changed and k:
             changed = False
