@@ -35,7 +35,7 @@ from candle_agents.engine.layers.decoder import (
 from candle_agents.engine.layers.norm import RMSNorm
 from candle_agents.engine.layers.ops import TorchOps
 from candle_agents.engine.layers.rotary import RotaryEmbedding
-from candle_agents.engine.models.llama import LlamaForCausalLM, layer_windows
+from candle_agents.engine.models.llama import LlamaForCausalLM, rope_settings
 from candle_agents.errors import ModelLoadError
 
 LOCAL, GLOBAL = "sliding_attention", "full_attention"
@@ -238,27 +238,14 @@ class Gemma2ForCausalLM(LlamaForCausalLM):
     @classmethod
     def spec_from_config(cls, c: dict[str, Any]) -> DecoderSpec:
         c = cls.text_config(c)
-        c = {**c, "layer_types": cls.resolve_layer_types(c)}
-        heads = int(c["num_attention_heads"])
-        return DecoderSpec(
-            hidden_size=int(c["hidden_size"]),
-            intermediate_size=int(c["intermediate_size"]),
-            num_heads=heads,
-            num_kv_heads=int(c.get("num_key_value_heads") or heads),
-            head_dim=int(c["head_dim"]),
-            rms_norm_eps=float(c["rms_norm_eps"]),
-            attention_bias=bool(c.get("attention_bias", False)),
-            qk_norm=cls.qk_norm,
-            layer_windows=layer_windows(c),
-        )
+        spec = super().spec_from_config({**c, "layer_types": cls.resolve_layer_types(c)})
+        spec.qk_norm = cls.qk_norm
+        return spec
 
     def rope_parameters(self) -> dict[str, tuple[float, dict[str, Any] | None]]:
         """(theta, scaling) of the global and the local layers' rope tables."""
-        c = self.config
-        params = c.get("rope_parameters") or {}
-        theta = float(c.get("rope_theta") or params.get("rope_theta") or 10000.0)
-        scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
-        return {GLOBAL: (theta, scaling), LOCAL: (theta, scaling)}
+        settings = rope_settings(self.config)
+        return {GLOBAL: settings, LOCAL: settings}
 
     def init_rotary(self, max_positions: int, device: torch.device) -> None:
         """Build the global and local cos/sin tables and the embedding scale (not on meta)."""
@@ -354,7 +341,6 @@ class Gemma3ForCausalLM(Gemma2ForCausalLM):
                 theta = float(p.get("rope_theta") or _GEMMA3_THETA[kind])
                 out[kind] = (theta, p if p.get("rope_type", p.get("type")) else None)
             return out
-        theta = float(c.get("rope_theta") or params.get("rope_theta") or _GEMMA3_THETA[GLOBAL])
-        scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
+        theta, scaling = rope_settings(c, _GEMMA3_THETA[GLOBAL])
         local = float(c.get("rope_local_base_freq") or _GEMMA3_THETA[LOCAL])
         return {GLOBAL: (theta, scaling), LOCAL: (local, None)}

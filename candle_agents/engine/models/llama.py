@@ -46,6 +46,21 @@ def layer_windows(c: dict[str, Any]) -> tuple[int | None, ...] | None:
     return windows if any(w is not None for w in windows) else None
 
 
+def rope_settings(
+    c: dict[str, Any], default_theta: float = 10000.0
+) -> tuple[float, dict[str, Any] | None]:
+    """(theta, scaling) from a config's flat rope keys or ``rope_parameters``.
+
+    Scaling is None where there is none or its type is "default".
+    """
+    params = c.get("rope_parameters") or {}
+    theta = float(c.get("rope_theta") or params.get("rope_theta") or default_theta)
+    scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
+        scaling = None
+    return theta, scaling
+
+
 class LlamaForCausalLM(nn.Module):
     """A decoder-only transformer over a flattened batch of tokens.
 
@@ -96,10 +111,7 @@ class LlamaForCausalLM(nn.Module):
         """Build the cos/sin table (outside any meta-device context)."""
         c = self.config
         params = c.get("rope_parameters") or {}
-        theta = float(c.get("rope_theta") or params.get("rope_theta") or 10000.0)
-        scaling = c.get("rope_scaling") or (params if params.get("rope_type") else None)
-        if scaling and scaling.get("rope_type", scaling.get("type")) == "default":
-            scaling = None
+        theta, scaling = rope_settings(c)
         if scaling and c.get("original_max_position_embeddings"):
             # Phi-3/4 keep it at the top level; it wins there, as in transformers.
             scaling = {
